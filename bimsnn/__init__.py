@@ -1,6 +1,33 @@
-"""bimsnn: Bio-Inspired Mamba, online and biologically plausible learning for spiking SSMs."""
+"""bimsnn: Bio-Inspired Mamba, online and biologically plausible learning for spiking SSMs.
 
+Public API: neurons (``Leaky``, ``Synaptic`` and their functional steps), the selective
+scan, the spiking Mamba block and net, and the ``rules``, ``encoding`` and ``data``
+subpackages.
+"""
+
+from bimsnn import surrogate
+from bimsnn.neurons import (
+    Leaky,
+    Synaptic,
+    lif_multi_step,
+    lif_multi_step_ref,
+    lif_step,
+    synaptic_multi_step,
+    synaptic_step,
+)
 from bimsnn.ssm import selective_scan, selective_scan_ref, selective_step
 
 __version__ = "0.1.0"
-__all__ = ["selective_scan", "selective_scan_ref", "selective_step"]
+__all__ = [
+    "Leaky",
+    "Synaptic",
+    "lif_multi_step",
+    "lif_multi_step_ref",
+    "lif_step",
+    "selective_scan",
+    "selective_scan_ref",
+    "selective_step",
+    "surrogate",
+    "synaptic_multi_step",
+    "synaptic_step",
+]
