@@ -5,7 +5,7 @@ scan, the spiking Mamba block and net, and the ``rules``, ``encoding`` and ``dat
 subpackages.
 """
 
-from bimsnn import surrogate
+from bimsnn import encoding, rules, surrogate
 from bimsnn.neurons import (
     Leaky,
     Synaptic,
@@ -15,12 +15,26 @@ from bimsnn.neurons import (
     synaptic_multi_step,
     synaptic_step,
 )
-from bimsnn.ssm import selective_scan, selective_scan_ref, selective_step
+from bimsnn.ssm import (
+    MambaConfig,
+    SelectiveSSM,
+    SpikingMamba,
+    SpikingMambaNet,
+    selective_scan,
+    selective_scan_ref,
+    selective_step,
+)
 
 __version__ = "0.1.0"
 __all__ = [
     "Leaky",
+    "MambaConfig",
+    "SelectiveSSM",
+    "SpikingMamba",
+    "SpikingMambaNet",
     "Synaptic",
+    "encoding",
+    "rules",
     "lif_multi_step",
     "lif_multi_step_ref",
     "lif_step",
