@@ -1,0 +1,119 @@
+"""FSDD spoken digits: held-out takes and speaker-disjoint accuracy, BPTT vs Hybrid.
+
+Symbols: N recordings (2000: 4 speakers × 10 digits × 50 takes), T frames, F mel bands.
+
+    python benchmarks/speech.py                        # ~15 min of CPU on 2 cores
+    python benchmarks/speech.py --epochs 30 --hybrid-epochs 15 --folds theo
+
+Script, not CI: needs the real FSDD in ``bimsnn._paths.shared_data_dir()/fsdd`` (or
+``--data-dir``). Pipeline and model are those of ``recipes/keyword_spotting.py``
+(normalised log-mel → thermometer spikes → SpikingMambaNet), features computed once.
+Splits:
+    takes      takes 0-4 of every speaker and digit are test (200), the rest train (1800);
+    speaker    train on 3 speakers (1500), test on the 4th (500), rotating over the 4.
+Each configuration trains for a fixed number of epochs (no validation split, no
+early stopping: the test set is scored once, after the last epoch). Rules run in the
+same process, interleaved per split/fold. The last line is
+``RESULT fsdd_takes_acc=... fsdd_speaker_acc=... (BPTT) fsdd_takes_acc_hybrid=...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "recipes"))
+import keyword_spotting as kws  # noqa: E402
+
+from bimsnn._paths import shared_data_dir  # noqa: E402
+from bimsnn.data.audio import FSDD, LogMel  # noqa: E402
+from bimsnn.train import TrainConfig, compute_metrics, evaluate  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-dir", default=None, help="FSDD folder (default: shared data)")
+    p.add_argument("--epochs", type=int, default=20, help="BPTT epochs")
+    p.add_argument("--hybrid-epochs", type=int, default=10, help="Hybrid epochs")
+    p.add_argument("--rules", nargs="+", default=["bptt", "hybrid"])
+    p.add_argument("--splits", nargs="+", default=["takes", "speaker"])
+    p.add_argument("--folds", nargs="+", default=None, help="held-out speakers (default all)")
+    p.add_argument("--hybrid-grad", default="autograd", choices=("rtrl", "autograd"))
+    p.add_argument("--lam", type=float, default=0.5, help="Hybrid λ")
+    p.add_argument("--d-model", type=int, default=64)
+    p.add_argument("--norm-takes", default="global", choices=("global", "cmn"))
+    p.add_argument("--norm-speaker", default="cmn", choices=("global", "cmn"),
+                   help="cmn also removes each band's mean: unseen speakers' spectral tilt")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1 avoids "
+                   "oversubscription on a shared 2-core machine)")
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    logging.basicConfig(level=logging.WARNING)
+    root = Path(a.data_dir) if a.data_dir else (shared_data_dir() or Path("absent")) / "fsdd"
+    if not root.is_dir():
+        raise SystemExit(f"FSDD not found at {root}: pass --data-dir")
+
+    cfg = kws.KWSConfig(d_model=a.d_model, val_frac=0.0, hybrid_grad=a.hybrid_grad)
+    t0 = time.perf_counter()
+    ds = FSDD(root, pipeline=LogMel(8000, cfg.n_mels, hop_ms=cfg.hop_ms, f_min=50.0))
+    frames = round(cfg.duration_s * 1000 / cfg.hop_ms)
+    norms = {"takes": a.norm_takes, "speaker": a.norm_speaker}
+    feats = {n: kws.load_features(ds, np.arange(len(ds)), frames, n)
+             for n in {norms[s] for s in a.splits}}                  # (N, T, F) per norm
+    labels = [int(it[1]) for it in ds.items]
+    metas = [dict(it[2]) for it in ds.items]
+    speakers = np.array([m["speaker"] for m in metas])
+    takes = np.array([m["take"] for m in metas])
+    print(f"FSDD: {len(ds)} recordings, speakers {sorted(set(speakers))}, features "
+          f"{norms} in {time.perf_counter() - t0:.0f} s", flush=True)
+    code = kws.SpikeCode(cfg.levels, cfg.delta)
+    spec = kws.model_spec(cfg, code.n_channels(cfg.n_mels), 10)
+
+    def subset(mask: np.ndarray, norm: str, augment: bool) -> kws.SpikeSet:
+        idx = np.flatnonzero(mask)
+        return kws.SpikeSet(feats[norm][idx], [labels[i] for i in idx],
+                            [metas[i] for i in idx], code, augment=augment)
+
+    folds = []
+    if "takes" in a.splits:
+        folds.append(("takes", "takes 0-4", takes <= 4))
+    if "speaker" in a.splits:
+        for s in a.folds or sorted(set(speakers)):
+            folds.append(("speaker", s, speakers == s))
+    acc: dict[tuple[str, str], list[float]] = {}
+    print(f"{'split':8} {'test':10} {'rule':7} {'epochs':>6} {'acc':>6} {'train s':>8}")
+    for split, name, test in folds:
+        sets = {"train": subset(~test, norms[split], cfg.augment),
+                "test": subset(test, norms[split], False)}
+        for rule in a.rules:
+            epochs = a.epochs if rule == "bptt" else a.hybrid_epochs
+            tc = TrainConfig(epochs=epochs, batch_size=a.batch_size, lr=3e-3,
+                             weight_decay=0.01, rule=rule, lam=a.lam, seed=a.seed,
+                             progress=False, plots=False)
+            t1 = time.perf_counter()
+            model, _ = kws.train_model(spec, sets, tc, replace(cfg))
+            res = evaluate(model, sets["test"], tc)
+            m = compute_metrics(res["scores"], res["labels"], "multiclass")
+            acc.setdefault((split, rule), []).append(m["acc"])
+            print(f"{split:8} {name:10} {rule:7} {epochs:6d} {m['acc']:6.3f} "
+                  f"{time.perf_counter() - t1:8.0f}", flush=True)
+    summary = {f"fsdd_{split}_acc{'' if rule == 'bptt' else '_' + rule}": float(np.mean(v))
+               for (split, rule), v in acc.items()}
+    print(f"total {time.perf_counter() - t0:.0f} s")
+    print("RESULT " + " ".join(f"{k}={v:.4f}" for k, v in summary.items()))
+    return summary
+
+
+if __name__ == "__main__":
+    main()
