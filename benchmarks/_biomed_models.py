@@ -161,7 +161,8 @@ def prepare_mitbih(root, fs: int, window: tuple[float, float], train_end_s: floa
     Beats (AAMI classes, both leads MLII + V1, resampled to ``fs``) with R peak before
     ``train_end_s`` − post-window train, those after ``train_end_s`` + pre-window test (no
     sample on both sides). S and Q beats are dropped (counted in ``info``). No validation
-    set: fixed epochs with a cosine learning-rate schedule, the last epoch is scored.
+    set: fixed epochs with a cosine learning-rate schedule; the epoch kept is the one with
+    the best macro-F1 on the *training* beats (``Spec.select_on_train``).
     """
     from collections import Counter
 
@@ -227,7 +228,8 @@ class Spec:
     loss_window: float = 0.5
     lam: float = 0.9
     stdp_readout: bool = False  # Hybrid: also apply STDP / λ to the readout out_fc→out_li
-    stdp_amp: float = 1e-2      # Hybrid: STDP A+ (A− = 1.05·A+; bimsnn's default 1e-2)
+    stdp_amp: float = 1e-4      # Hybrid: STDP A+ (A− = 1.05·A+; bimsnn's default is 1e-2)
+    select_on_train: bool = False  # no val set: keep the epoch with the best train metric
     weight_decay: float = 1e-4
     grad_clip: float | None = 1.0
     seed: int = 0
@@ -341,6 +343,8 @@ def worker(spec: Spec) -> dict:
     train = SpikeWindows(d["x"], d["y"], d["train"])
     val = SpikeWindows(d["x"], d["y"], d["val"]) if d["val"] is not None else None
     test = SpikeWindows(d["x"], d["y"], d["test"])
+    if val is None and spec.select_on_train:
+        val = train  # model selection on training data only (the test period stays unseen)
     # Balanced class weights (inverse frequency, mean 1) from the training labels.
     counts = np.bincount(d["y"][d["train"]].numpy(), minlength=K).astype(float)
     w = torch.tensor(counts.sum() / (K * np.maximum(counts, 1)), dtype=torch.float32)
@@ -354,7 +358,8 @@ def worker(spec: Spec) -> dict:
                       weight_decay=spec.weight_decay, rule=spec.rule, lam=spec.lam,
                       loss_window=spec.loss_window, task=d["task"], seed=spec.seed,
                       device="cpu", grad_clip=spec.grad_clip, progress=False, plots=False,
-                      eval_readout="forward", restore_best=val is not None)
+                      eval_readout="forward", restore_best=val is not None,
+                      metric="macro_f1" if d["task"] == "multiclass" else "auto")
     opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(spec.epochs, 1),
                                                        eta_min=spec.lr * 0.05)

@@ -43,7 +43,8 @@ def main(argv: list[str] | None = None) -> dict:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-dir", default=None, help="FSDD folder (default: shared data)")
     p.add_argument("--epochs", type=int, default=20, help="BPTT epochs")
-    p.add_argument("--hybrid-epochs", type=int, default=10, help="Hybrid epochs")
+    p.add_argument("--hybrid-epochs", type=int, default=3,
+                   help="Hybrid epochs (each costs ~8 BPTT epochs: step-by-step)")
     p.add_argument("--rules", nargs="+", default=["bptt", "hybrid"])
     p.add_argument("--splits", nargs="+", default=["takes", "speaker"])
     p.add_argument("--folds", nargs="+", default=None, help="held-out speakers (default all)")

@@ -79,6 +79,7 @@ class LMConfig:
     d_model: int = _f(96, "D, spiking Mamba width (LSTM hidden width)")
     n_layers: int = _f(1, "SpikingMamba blocks (LSTM layers)")
     d_state: int = _f(16, "SSM state size N")
+    beta: float = _f(0.9, "LIF membrane decay of the spiking layers")
     min_count: int = _f(1, "keep training tokens seen at least this often (others <unk>)")
     max_vocab: int | None = _f(None, "cap on V (most frequent kept)")
     max_train_tokens: int | None = _f(None, "use only the first tokens of train (quick runs)")
@@ -126,14 +127,16 @@ class LSTMLM(nn.Module):
 def model_spec(cfg: LMConfig, vocab_size: int) -> dict:
     """Primitives that rebuild the model (stored in model.pt)."""
     return {"model": cfg.model, "vocab_size": vocab_size, "d_embed": cfg.d_embed,
-            "d_model": cfg.d_model, "n_layers": cfg.n_layers, "d_state": cfg.d_state}
+            "d_model": cfg.d_model, "n_layers": cfg.n_layers, "d_state": cfg.d_state,
+            "beta": cfg.beta}
 
 
 def build_model(spec: dict) -> nn.Module:
     if spec["model"] == "lstm":
         return LSTMLM(spec["vocab_size"], spec["d_embed"], spec["d_model"], spec["n_layers"])
     return SpikingMambaLM(spec["vocab_size"], spec["d_embed"], d_model=spec["d_model"],
-                          n_layers=spec["n_layers"], d_state=spec["d_state"])
+                          n_layers=spec["n_layers"], d_state=spec["d_state"],
+                          beta=spec.get("beta", 0.9))
 
 
 # ---------------------------------------------------------------------------- loss, eval

@@ -325,3 +325,34 @@ def test_language_modeling_online_rule(tmp_path):
     assert math.isfinite(res["bpc"]) and res["rule"] == "hybrid"
     with pytest.raises(SystemExit):
         lm.main(["--out-dir", str(tmp_path), "--model", "lstm", "--rule", "rtrl"])
+
+
+def test_keyword_spotting_speech_commands_layout(tmp_path):
+    """A tiny Speech Commands v2 folder (yes/no/cat + noise): the 12-class task runs."""
+    kws = recipe("keyword_spotting")
+    root = tmp_path / "sc"
+    rng = np.random.default_rng(0)
+    lists = {"validation": [], "testing": []}
+    for w, word in enumerate(("yes", "no", "cat")):
+        (root / word).mkdir(parents=True)
+        for k in range(6):
+            name = f"{word}/{k:08x}_nohash_0.wav"
+            t = np.arange(8000) / 16000
+            sf.write(root / name, (0.3 * np.sin(2 * np.pi * (300 + 400 * w) * t)
+                                   + 0.01 * rng.standard_normal(len(t))).astype(np.float32),
+                     16000)
+            if k == 4:
+                lists["validation"].append(name)
+            elif k == 5:
+                lists["testing"].append(name)
+    (root / "_background_noise_").mkdir()
+    sf.write(root / "_background_noise_" / "white.wav",
+             (0.1 * rng.standard_normal(32000)).astype(np.float32), 16000)
+    for split, names in lists.items():
+        (root / f"{split}_list.txt").write_text("\n".join(names) + "\n")
+    res = kws.main(["--dataset", "speechcommands", "--data-dir", str(root), "--classes",
+                    "v2_12", "--out-dir", str(tmp_path / "run"), "--epochs", "1",
+                    "--d-model", "8", "--d-state", "4", "--duration-s", "0.2",
+                    "--no-progress"])
+    assert res["classes"][:3] == ["_silence_", "_unknown_", "yes"] and len(res["classes"]) == 12
+    assert res["n_test"] == 4 and np.asarray(res["confusion"]).shape == (12, 12)
