@@ -337,6 +337,8 @@ def worker(spec: Spec) -> dict:
     torch.set_num_threads(spec.threads)
     np.random.seed(spec.seed)
     torch.manual_seed(spec.seed)
+    # Not a checkpoint: a temp file biomed.py wrote moments ago in its own TemporaryDirectory
+    # (it holds numpy index arrays, which weights_only=True rejects).
     d = torch.load(spec.data, weights_only=False)
     N, T, C = d["x"].shape
     K = len(d["classes"])
