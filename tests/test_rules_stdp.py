@@ -148,6 +148,45 @@ def test_hybrid_mixes_gradient_and_stdp(lam):
         assert torch.equal(h["0.weight"], g["0.weight"])
 
 
+@pytest.mark.parametrize("lam", [0.3, 0.9])
+def test_hybrid_balance_rescales_stdp_to_gradient_norm(lam):
+    """balance=True: .grad = λG − (1 − λ)‖G‖Ω/‖Ω‖ after the sequence, per pair weight."""
+    g, (omega,) = _rtrl_and_omega(5)
+    net = _net(5)
+    with Hybrid(net, lam=lam, stdp=STDP(**KW), balance=True) as rule:
+        _run(net, _spikes(3), rule, _loss)
+        assert torch.equal(rule.stdp.omegas[0], omega)            # Ω itself unchanged
+    h = _grads(net)
+    G = g["0.weight"]
+    want = lam * G - (1 - lam) * G.norm() * omega / omega.norm()
+    assert torch.allclose(h["0.weight"], want, rtol=1e-6, atol=1e-10)
+    stdp_part = h["0.weight"] - lam * G
+    assert torch.isclose(stdp_part.norm(), (1 - lam) * G.norm(), rtol=1e-6)
+    assert torch.allclose(h["0.bias"], lam * g["0.bias"], rtol=1e-6, atol=1e-10)
+    # The term does not depend on the STDP amplitude any more (only on Ω's direction).
+    net = _net(5)
+    with Hybrid(net, lam=lam, stdp=STDP(**{**KW, "A_plus": 20 * KW["A_plus"],
+                                              "A_minus": 20 * KW["A_minus"]}),
+                balance=True) as rule:
+        _run(net, _spikes(3), rule, _loss)
+    assert torch.allclose(net[0].weight.grad, h["0.weight"], rtol=1e-6, atol=1e-10)
+
+
+def test_hybrid_balance_resets_between_sequences():
+    """Two sequences accumulate two independently balanced terms into .grad."""
+    net = _net(5)
+    with Hybrid(net, lam=0.5, stdp=STDP(**KW), balance=True) as rule:
+        _run(net, _spikes(3), rule, _loss)
+        once = net[0].weight.grad.clone()
+        _run(net, _spikes(3), rule, _loss)
+    assert torch.allclose(net[0].weight.grad, 2 * once, rtol=1e-6, atol=1e-10)
+
+
+def test_hybrid_balance_needs_positive_lambda():
+    with pytest.raises(ValueError, match="λ > 0"):
+        Hybrid(_net(0), lam=0.0, balance=True)
+
+
 def test_hybrid_per_layer_lambda():
     sizes = (N, 6, 3)
     g, omegas = _rtrl_and_omega(7, sizes)

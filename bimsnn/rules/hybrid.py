@@ -19,6 +19,20 @@ dict {module: λ}: a pair is looked up by its Linear or its Leaky, any other mod
 λ for its own parameters. With a float, λ scales the gradient of *every* parameter
 (eq. 4 literally: λ = 0 trains nothing but STDP); with a sequence or dict, unlisted
 parameters get λ = 1 (plain gradient; give a readout λ = 1 this way).
+
+Units. Ω is in A± units and ∂L/∂w in loss units, so how much λ mixes depends on A±, the
+loss scale and the optimizer: under Adam, which normalises each weight's update, an
+STDP term far larger than a weight's gradient sets that weight's direction whatever λ
+(FSDD: λ = 0.99 with A+ = 1e-2 stays at chance). ``balance=True`` makes λ a share of the
+update norm instead. Per pair weight W and per sequence (since :meth:`reset`), with
+G = Σ_t ∂L_t/∂W and Ω = Σ_t Ω_t, ``.grad`` then holds::
+
+    λ·G − (1 − λ)·‖G‖·Ω/‖Ω‖                                            (after every step)
+
+so the STDP term keeps Ω's direction and timing structure but has norm (1 − λ)·‖G‖, and
+λ = 0.5 gives both terms equal norm. Earlier steps' writes are rescaled as ‖G‖ and ‖Ω‖
+grow (the rule writes the difference), so ``.grad`` is the formula above after each step.
+It needs λ > 0 on every pair (‖G‖ is measured through the λ-scaled gradient).
 """
 
 from __future__ import annotations
@@ -28,7 +42,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from bimsnn.rules.base import Pair, Rule
+from bimsnn.rules.base import Pair, Rule, accumulate_grad
 from bimsnn.rules.rtrl import LeakyRTRL, _ssm_handlers
 from bimsnn.rules.stdp import STDP
 
@@ -50,6 +64,8 @@ class Hybrid(Rule):
             unattached (``STDP(A_plus=...)``) or attached to this same model, in which case
             Hybrid takes it over (its hooks are replaced by Hybrid's). Default ``STDP()``.
         grad: "rtrl" or "autograd".
+        balance: rescale the STDP term to (1 − λ)·‖G‖ per pair weight and sequence
+            (see the module docstring); the default False is eq. 4 literally.
         layers, check: pairing override and structural check (see :mod:`bimsnn.rules.base`).
 
     ``rule.stdp.omegas`` holds each pair's Ω since the last :meth:`reset`.
@@ -57,7 +73,8 @@ class Hybrid(Rule):
 
     def __init__(self, model: nn.Module, lam: float | Sequence[float] | Mapping = 0.5,
                  stdp: STDP | None = None, grad: str = "rtrl",
-                 layers: Sequence[Pair] | None = None, check: bool = True):
+                 layers: Sequence[Pair] | None = None, check: bool = True,
+                 balance: bool = False):
         super().__init__(model)
         if grad not in ("rtrl", "autograd"):
             raise ValueError(f"grad must be 'rtrl' or 'autograd', got {grad!r}")
@@ -75,6 +92,15 @@ class Hybrid(Rule):
             self.stdp, self.grad = stdp, grad
             self.stdp_layers = stdp.bind(taps)
             self._set_lam(lam)
+            self.balance = bool(balance)
+            if self.balance:
+                if min(self.pair_lam, default=1.0) <= 0.0:
+                    raise ValueError("balance=True needs λ > 0 on every pair: ‖G‖ is read "
+                                     "from the λ-scaled gradient")
+                for layer in self.stdp_layers:
+                    layer.scale = 0.0          # Ω still accumulates; Hybrid writes it
+                self._G = [torch.zeros_like(h.omega) for h in self.stdp_layers]   # λ·G
+                self._S = [torch.zeros_like(h.omega) for h in self.stdp_layers]   # written
         except Exception:
             self.remove()
             raise
@@ -108,9 +134,19 @@ class Hybrid(Rule):
         self._scaled = [(p, per_param.get(p, 1.0)) for p in params
                         if per_param.get(p, 1.0) != 1.0]
 
+    def reset(self, batch_size: int) -> None:
+        super().reset(batch_size)
+        if self.balance:
+            for g, s in zip(self._G, self._S):
+                g.zero_()
+                s.zero_()
+
     def backward(self, loss_t: Tensor | None) -> None:
-        """Add λ·∂L_t/∂w − (1 − λ)·Ω_t to ``.grad`` (either term may be absent)."""
+        """Add λ·∂L_t/∂w − (1 − λ)·Ω_t to ``.grad`` (either term may be absent); with
+        ``balance``, the STDP part is rescaled as in the module docstring."""
         self._warn_if_blind()
+        weights = [h.tap.fc.weight for h in self.stdp_layers] if self.balance else []
+        g_before = [None if w.grad is None else w.grad.detach().clone() for w in weights]
         if loss_t is not None:
             if self._uniform is not None:
                 (loss_t if self._uniform == 1.0 else self._uniform * loss_t).backward()
@@ -133,7 +169,24 @@ class Hybrid(Rule):
         else:
             for h in self.grad_handlers:
                 h.after_backward()
+        if self.balance:
+            self._write_balanced(weights, g_before)
         for h in self.stdp_layers:
             h.after_backward()
         for t in self.taps:
             t.after_backward()
+
+    @torch.no_grad()
+    def _write_balanced(self, weights: list[Tensor], g_before: list) -> None:
+        """Track λ·G per pair weight, then set its STDP part of ``.grad`` to
+        −(1 − λ)/λ·‖λG‖·Ω/‖Ω‖ by writing the change since the last step."""
+        for k, (w, g0, h) in enumerate(zip(weights, g_before, self.stdp_layers)):
+            if w.grad is not None:
+                self._G[k] += w.grad if g0 is None else w.grad - g0
+            lam = self.pair_lam[k]
+            n_omega = h.omega.norm()
+            if lam >= 1.0 or n_omega == 0:
+                continue
+            target = h.omega * (-(1.0 - lam) / lam * self._G[k].norm() / n_omega)
+            accumulate_grad(w, target - self._S[k])
+            self._S[k].copy_(target)
