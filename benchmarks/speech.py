@@ -44,6 +44,7 @@ import keyword_spotting as kws  # noqa: E402
 
 from bimsnn._paths import shared_data_dir  # noqa: E402
 from bimsnn.data.audio import FSDD, LogMel  # noqa: E402
+from bimsnn.data.speech_features import SpikeCode, SpikeSet, load_features  # noqa: E402
 from bimsnn.train import TrainConfig, compute_metrics, evaluate  # noqa: E402
 
 
@@ -52,6 +53,8 @@ def main(argv: list[str] | None = None) -> dict:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-dir", default=None, help="FSDD folder (default: shared data)")
     p.add_argument("--epochs", type=int, default=20, help="BPTT epochs")
+    p.add_argument("--epochs-speaker", type=int, default=6, help="BPTT epochs on the speaker "
+                   "split (each holds 1 + len(--speed-speaker) copies of the data)")
     p.add_argument("--hybrid-epochs", type=int, default=3,
                    help="Hybrid epochs (each costs ~8 BPTT epochs: step-by-step)")
     p.add_argument("--rules", nargs="+", default=["bptt", "hybrid"])
@@ -61,8 +64,13 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--lam", type=float, default=0.5, help="Hybrid λ")
     p.add_argument("--d-model", type=int, default=64)
     p.add_argument("--norm-takes", default="global", choices=("global", "cmn"))
-    p.add_argument("--norm-speaker", default="cmn", choices=("global", "cmn"),
-                   help="cmn also removes each band's mean: unseen speakers' spectral tilt")
+    p.add_argument("--norm-speaker", default="speaker", choices=("global", "cmn", "speaker"),
+                   help="speaker: speaker-level CMVN (each test speaker's own, unlabelled stats)")
+    p.add_argument("--fit-speaker", default="stretch", choices=("crop", "stretch"))
+    p.add_argument("--speed-speaker", type=float, nargs="*", default=[0.8, 0.9, 1.1, 1.2],
+                   help="speed-perturbed training copies on the speaker split")
+    p.add_argument("--hybrid-balance", action=argparse.BooleanOptionalAction, default=True,
+                   help="Hybrid's STDP term scaled to (1-λ)·‖grad‖ (bimsnn.rules.hybrid)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 avoids "
                    "oversubscription on a shared 2-core machine)")
@@ -78,22 +86,27 @@ def main(argv: list[str] | None = None) -> dict:
     t0 = time.perf_counter()
     ds = FSDD(root, pipeline=LogMel(8000, cfg.n_mels, hop_ms=cfg.hop_ms, f_min=50.0))
     frames = round(cfg.duration_s * 1000 / cfg.hop_ms)
-    norms = {"takes": a.norm_takes, "speaker": a.norm_speaker}
-    feats = {n: kws.load_features(ds, np.arange(len(ds)), frames, n)
-             for n in {norms[s] for s in a.splits}}                  # (N, T, F) per norm
+    setups = {"takes": (a.norm_takes, "crop", ()),
+              "speaker": (a.norm_speaker, a.fit_speaker, tuple(a.speed_speaker))}
+    setups = {k: v for k, v in setups.items() if k in a.splits}
+    feats = {(n, f, sp): load_features(ds, np.arange(len(ds)), frames, n, f, sp)
+             for n, f, speeds in set(setups.values()) for sp in (1.0, *speeds)}  # (N, T, F)
     labels = [int(it[1]) for it in ds.items]
     metas = [dict(it[2]) for it in ds.items]
     speakers = np.array([m["speaker"] for m in metas])
     takes = np.array([m["take"] for m in metas])
     print(f"FSDD: {len(ds)} recordings, speakers {sorted(set(speakers))}, features "
-          f"{norms} in {time.perf_counter() - t0:.0f} s", flush=True)
-    code = kws.SpikeCode(cfg.levels, cfg.delta)
+          f"{setups} in {time.perf_counter() - t0:.0f} s", flush=True)
+    code = SpikeCode(cfg.levels, cfg.delta)
     spec = kws.model_spec(cfg, code.n_channels(cfg.n_mels), 10)
 
-    def subset(mask: np.ndarray, norm: str, augment: bool) -> kws.SpikeSet:
+    def subset(mask: np.ndarray, split: str, train: bool):
         idx = np.flatnonzero(mask)
-        return kws.SpikeSet(feats[norm][idx], [labels[i] for i in idx],
-                            [metas[i] for i in idx], code, augment=augment)
+        n, f, speeds = setups[split]
+        sets = [SpikeSet(feats[(n, f, sp)][idx], [labels[i] for i in idx],
+                         [metas[i] for i in idx], code, augment=train and cfg.augment)
+                for sp in ((1.0, *speeds) if train else (1.0,))]
+        return sets[0] if len(sets) == 1 else torch.utils.data.ConcatDataset(sets)
 
     folds = []
     if "takes" in a.splits:
@@ -104,12 +117,13 @@ def main(argv: list[str] | None = None) -> dict:
     acc: dict[tuple[str, str], list[float]] = {}
     print(f"{'split':8} {'test':10} {'rule':7} {'epochs':>6} {'acc':>6} {'train s':>8}")
     for split, name, test in folds:
-        sets = {"train": subset(~test, norms[split], cfg.augment),
-                "test": subset(test, norms[split], False)}
+        sets = {"train": subset(~test, split, True), "test": subset(test, split, False)}
         for rule in a.rules:
-            epochs = a.epochs if rule == "bptt" else a.hybrid_epochs
+            epochs = ((a.epochs if split == "takes" else a.epochs_speaker)
+                      if rule == "bptt" else a.hybrid_epochs)
             tc = TrainConfig(epochs=epochs, batch_size=a.batch_size, lr=3e-3,
                              weight_decay=0.01, rule=rule, lam=a.lam, seed=a.seed,
+                             balance=a.hybrid_balance,
                              progress=False, plots=False)
             t1 = time.perf_counter()
             model, _ = kws.train_model(spec, sets, tc, replace(cfg))

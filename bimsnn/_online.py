@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 def make_rule(model: nn.Module, cfg):
     """The online rule named by ``cfg.rule`` (a TrainConfig), hooked onto ``model``; None
-    for bptt. Hybrid gets ``lam=cfg.lam`` and a default ``STDP()``."""
+    for bptt. Hybrid gets ``lam=cfg.lam``, ``balance=cfg.balance`` and a default ``STDP()``."""
     if cfg.rule == "bptt":
         return None
     from bimsnn import rules  # lazy: bptt-only users need not import the rules
@@ -36,7 +36,7 @@ def make_rule(model: nn.Module, cfg):
         return rules.RTRL(model)
     if cfg.rule == "stdp":
         return rules.STDP(model)
-    return rules.Hybrid(model, lam=cfg.lam)
+    return rules.Hybrid(model, lam=cfg.lam, balance=cfg.balance)
 
 
 def make_pruner(model: nn.Module, cfg):

@@ -17,32 +17,19 @@ unseen in training to ``<unk>``. :func:`fit_seq` trains models with per-step out
 from __future__ import annotations
 
 import bisect
-import logging
-import math
 import re
-import sys
-import time
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
-from tqdm.auto import tqdm
 
 from bimsnn import _ddp
-from bimsnn._ckpt import (
-    atomic_torch_save,
-    cpu_state_dict,
-    load_checkpoint,
-    restore_training_state,
-    training_state,
-    write_json,
-)
+from bimsnn._loop import run_epochs
 from bimsnn._online import (
     has_step,
     make_pruner,
@@ -51,11 +38,8 @@ from bimsnn._online import (
     seq_logits,
     tree_map,
 )
-from bimsnn._report import plot_curves
 from bimsnn.data import DataError
 from bimsnn.train import TrainConfig
-
-log = logging.getLogger(__name__)
 
 SPLITS = ("train", "valid", "test")
 UNK, EOS = "<unk>", "<eos>"
@@ -309,7 +293,6 @@ def fit_seq(model: nn.Module, train_ds: Dataset, cfg: TrainConfig, *,
     if cfg.rule != "bptt" and not has_step(model):
         raise TypeError(f"rule={cfg.rule!r} needs model.init_state/step, which "
                         f"{type(model).__name__} lacks; use rule='bptt'")
-    out = Path(cfg.out_dir) if cfg.out_dir else None
     info, device = _ddp.setup(cfg.device)
     torch.manual_seed(cfg.seed)
     model.to(device)
@@ -319,98 +302,33 @@ def fit_seq(model: nn.Module, train_ds: Dataset, cfg: TrainConfig, *,
     pruner = make_pruner(model, cfg)
     online = cfg.rule != "bptt"
     head = readout_params(model) if cfg.rule == "stdp" else None
-    prog = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "loss_sum": 0.0, "count": 0,
-            "best": None, "best_value": None, "best_epoch": None, "bad_epochs": 0}
-    history: list[dict] = []
-    best_state = None
-    if cfg.resume and out is not None and (out / "ckpt.pt").exists():
-        ck = load_checkpoint(out / "ckpt.pt")
-        restore_training_state(ck, model, opt, scheduler, pruner)
-        prog.update(ck["progress"])
-        history = list(ck["history"])
-        if (out / "best.pt").exists():
-            best_state = load_checkpoint(out / "best.pt")["model"]
 
-    def save_ckpt() -> None:
-        if out is not None and info.is_main:
-            atomic_torch_save(training_state(model, opt, scheduler, pruner, prog, history,
-                                             asdict(cfg)), out / "ckpt.pt")
+    def step(active, x: Tensor, target) -> Tensor:
+        model.zero_grad(set_to_none=True)
+        if active is None:
+            loss = loss_fn(seq_logits(model, x), target)
+            loss.backward()
+        else:
+            loss = online_seq_loss(model, active, x, target, loss_fn, head)
+        params = [p for p in model.parameters() if p.requires_grad]
+        _ddp.allreduce_grads(params)
+        if cfg.grad_clip is not None:
+            nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        opt.step()
+        if pruner is not None:
+            pruner.step()
+        return loss.detach()
 
-    def done() -> bool:
-        return cfg.max_steps is not None and prog["global_step"] >= cfg.max_steps
+    def val(m: nn.Module) -> dict:
+        return {f"val_{k}": v for k, v in validate(m).items()}
 
-    bar_on = cfg.progress and info.is_main and sys.stderr.isatty()
-    stopped = False
     try:
-        while prog["epoch"] < cfg.epochs and not stopped and not done():
-            e, t0 = prog["epoch"], time.perf_counter()
-            loader = _ddp.train_loader(train_ds, cfg.batch_size, cfg.seed, e,
-                                       prog["step_in_epoch"], collate_fn, cfg.num_workers)
-            active = (rule or (lambda m: make_rule(m, cfg)))(model) if online else None
-            model.train()
-            try:
-                for x, target, _ in tqdm(loader, disable=not bar_on, leave=False,
-                                         desc=f"epoch {e + 1}/{cfg.epochs}"):
-                    x, target = x.to(device), tree_map(lambda t: t.to(device), target)
-                    model.zero_grad(set_to_none=True)
-                    if active is None:
-                        loss = loss_fn(seq_logits(model, x), target)
-                        loss.backward()
-                    else:
-                        loss = online_seq_loss(model, active, x, target, loss_fn, head)
-                    params = [p for p in model.parameters() if p.requires_grad]
-                    _ddp.allreduce_grads(params)
-                    if cfg.grad_clip is not None:
-                        nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-                    opt.step()
-                    if pruner is not None:
-                        pruner.step()
-                    prog["loss_sum"] += loss.item() * x.shape[1]
-                    prog["count"] += x.shape[1]
-                    prog["step_in_epoch"] += 1
-                    prog["global_step"] += 1
-                    if done():
-                        save_ckpt()
-                        return history
-            finally:
-                if active is not None:
-                    active.remove()
-            loss_sum, count = _ddp.allreduce_sum([prog["loss_sum"], prog["count"]], device)
-            row = {"epoch": e + 1, "train_loss": loss_sum / max(count, 1),
-                   "lr": opt.param_groups[0]["lr"]}
-            if validate is not None:
-                row.update({f"val_{k}": v for k, v in validate(model).items()})
-                value = row[f"val_{monitor}"]
-                score = value if higher_is_better else -value
-                score = score if math.isfinite(score) else -math.inf
-                if prog["best"] is None or score > prog["best"]:
-                    prog.update(best=score, best_value=value, best_epoch=e + 1, bad_epochs=0)
-                    best_state = cpu_state_dict(model)
-                    if out is not None and info.is_main:
-                        atomic_torch_save({"model": best_state, "epoch": e + 1,
-                                           "metric": monitor, "value": value,
-                                           "config": asdict(cfg)}, out / "best.pt")
-                else:
-                    prog["bad_epochs"] += 1
-                    stopped = 0 < cfg.patience <= prog["bad_epochs"]
-            if scheduler is not None:
-                scheduler.step()
-            row["seconds"] = time.perf_counter() - t0
-            history.append(row)
-            prog.update(epoch=e + 1, step_in_epoch=0, loss_sum=0.0, count=0)
-            save_ckpt()
-            if out is not None and info.is_main:
-                write_json({"history": history, "best": {"metric": monitor,
-                            "value": prog["best_value"], "epoch": prog["best_epoch"]},
-                            "global_step": prog["global_step"], "config": asdict(cfg)},
-                           out / "metrics.json")
-            log.info("epoch %d: %s", e + 1, {k: round(v, 4) for k, v in row.items()
-                                             if isinstance(v, float)})
+        return run_epochs(
+            model, train_ds, cfg, step=step,
+            rule_factory=(rule or (lambda m: make_rule(m, cfg))) if online else None,
+            validate=val if validate is not None else None, monitor=monitor,
+            higher_is_better=higher_is_better, opt=opt, scheduler=scheduler, pruner=pruner,
+            collate_fn=collate_fn, device=device, info=info)
     finally:
         if pruner is not None:
             pruner.remove()
-    if cfg.restore_best and best_state is not None:
-        model.load_state_dict(best_state)
-    if cfg.plots and out is not None and info.is_main and history:
-        plot_curves(history, out / "curves.png", monitor if validate is not None else None)
-    return history

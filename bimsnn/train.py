@@ -41,12 +41,8 @@ Randomness drawn from numpy/``random`` inside datasets is not covered.
 from __future__ import annotations
 
 import logging
-import math
-import sys
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -54,18 +50,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
-from tqdm.auto import tqdm
 
 from bimsnn import _ddp
-from bimsnn._ckpt import (
-    atomic_torch_save,
-    cpu_state_dict,
-    load_checkpoint,
-    restore_training_state,
-    training_state,
-    write_json,
-)
 from bimsnn._cli import add_dataclass_args, parse_config  # noqa: F401  (re-exported)
+from bimsnn._loop import data_errors, run_epochs
 from bimsnn._online import (  # noqa: F401  (make_rule, make_pruner re-exported)
     eval_logits,
     has_step,
@@ -106,6 +94,8 @@ class TrainConfig:
     weight_decay: float = _f(0.0, "AdamW weight decay")
     rule: str = _f("bptt", "learning rule (see bimsnn.train's docstring)", RULES)
     lam: float = _f(0.5, "Hybrid λ: grad = λ·∂L/∂w − (1−λ)·Ω")
+    balance: bool = _f(False, "Hybrid: STDP term scaled to (1−λ)·‖∂L/∂w‖ per weight and "
+                       "sequence (λ a share of the update norm; see bimsnn.rules.hybrid)")
     prune: float | None = _f(None, "AdaptivePruning target sparsity ρ (none: no pruning)")
     prune_beta: float = _f(100.0, "AdaptivePruning β (1/weight units) of σ(β(θ − |w|))")
     prune_gamma: float = _f(0.01, "AdaptivePruning γ, threshold adaptation rate")
@@ -185,19 +175,6 @@ def task_scores(logits: Tensor, task: str) -> Tensor:
     return logits[:, 0].sigmoid() if logits.shape[-1] == 1 else logits.softmax(-1)[:, 1]
 
 
-def _data_errors(batches: Iterator) -> Iterator:
-    """Re-raise a worker's ``DataError`` as ``DataError``: the DataLoader turns exceptions
-    from worker processes into ``RuntimeError("Caught DataError in DataLoader worker...")``."""
-    try:
-        yield from batches
-    except RuntimeError as e:
-        if "Caught DataError" not in str(e):
-            raise
-        from bimsnn.data import DataError
-
-        raise DataError(None, str(e)) from e
-
-
 def _train_step(model, rule, x: Tensor, y: Tensor, cfg: TrainConfig, loss_fn, head,
                 opt: torch.optim.Optimizer, pruner) -> Tensor:
     """One update on x (T, B, C): fill .grad (BPTT or rule) → average over ranks → clip →
@@ -245,7 +222,6 @@ def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset | None = None,
     Under torchrun every rank calls ``fit``; see :mod:`bimsnn._ddp`.
     """
     cfg = cfg or TrainConfig()
-    out = Path(cfg.out_dir) if cfg.out_dir else None
     online = cfg.rule != "bptt"
     if online and not has_step(model):
         raise TypeError(f"rule={cfg.rule!r} trains step by step through model.init_state/"
@@ -257,118 +233,32 @@ def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset | None = None,
     model.to(device)
     _ddp.broadcast_module(model)
     opt = optimizer or torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    rule_factory = rule or (lambda m: make_rule(m, cfg))
     own_pruner = pruner is None and cfg.prune is not None
     pruner = make_pruner(model, cfg) if own_pruner else pruner
-    if pruner is not None and out is not None and not hasattr(pruner, "state_dict"):
+    if pruner is not None and cfg.out_dir and not hasattr(pruner, "state_dict"):
         log.warning("%s has no state_dict(): a resumed run restarts its threshold and masks",
                     type(pruner).__name__)
     loss_fn = loss_fn or (lambda z, y: task_loss(z, y, cfg.task))
     head = readout_params(model) if cfg.rule == "stdp" else None
-    prog = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "loss_sum": 0.0, "count": 0,
-            "best": None, "best_value": None, "best_epoch": None, "bad_epochs": 0,
-            "stopped": False}
-    history: list[dict] = []
-    best_state = None
 
-    if cfg.resume:
-        if out is None:
-            raise ValueError("resume=True needs out_dir")
-        if (out / "ckpt.pt").exists():
-            ck = load_checkpoint(out / "ckpt.pt")
-            restore_training_state(ck, model, opt, scheduler, pruner)
-            prog.update(ck["progress"])
-            history = list(ck["history"])
-            if (out / "best.pt").exists():
-                best_state = load_checkpoint(out / "best.pt")["model"]
-            log.info("resumed from %s at epoch %d, step %d", out / "ckpt.pt",
-                     prog["epoch"], prog["global_step"])
-        else:
-            log.info("resume: no %s yet, starting fresh", out / "ckpt.pt")
+    def validate(m: nn.Module) -> dict:
+        res = evaluate(m, val_ds, cfg, loss_fn=loss_fn, collate_fn=collate_fn)
+        metrics = compute_metrics(res["scores"], res["labels"], cfg.task)
+        return {"val_loss": res["loss"], **{f"val_{k}": v for k, v in metrics.items()
+                                            if isinstance(v, (int, float))}}
 
-    def save_ckpt() -> None:
-        if out is not None and info.is_main:
-            atomic_torch_save(training_state(model, opt, scheduler, pruner, prog, history,
-                                             asdict(cfg)), out / "ckpt.pt")
-
-    def interrupted() -> bool:
-        return cfg.max_steps is not None and prog["global_step"] >= cfg.max_steps
-
-    bar_on = cfg.progress and info.is_main and sys.stderr.isatty()
     try:
-        while prog["epoch"] < cfg.epochs and not prog["stopped"]:
-            if interrupted():
-                return history
-            e, t0 = prog["epoch"], time.perf_counter()
-            loader = _ddp.train_loader(train_ds, cfg.batch_size, cfg.seed, e,
-                                       prog["step_in_epoch"], collate_fn, cfg.num_workers)
-            active = rule_factory(model) if online else None
-            model.train()
-            try:
-                bar = tqdm(_data_errors(loader), total=prog["step_in_epoch"] + len(loader),
-                           initial=prog["step_in_epoch"], disable=not bar_on,
-                           desc=f"epoch {e + 1}/{cfg.epochs}", leave=False)
-                for x, y, _ in bar:
-                    x, y = x.to(device), y.to(device)
-                    loss = _train_step(model, active, x, y, cfg, loss_fn, head, opt, pruner)
-                    prog["loss_sum"] += loss.item() * x.shape[1]
-                    prog["count"] += x.shape[1]
-                    prog["step_in_epoch"] += 1
-                    prog["global_step"] += 1
-                    bar.set_postfix(loss=f"{loss.item():.4f}")
-                    if interrupted():
-                        save_ckpt()
-                        return history
-            finally:
-                if active is not None:
-                    active.remove()
-
-            loss_sum, count = _ddp.allreduce_sum([prog["loss_sum"], prog["count"]], device)
-            row = {"epoch": e + 1, "train_loss": loss_sum / max(count, 1),
-                   "lr": opt.param_groups[0]["lr"]}
-            _ddp.broadcast_module(model, params=False)  # buffers (running stats) may differ
-            value = None
-            if val_ds is not None:
-                res = evaluate(model, val_ds, cfg, loss_fn=loss_fn, collate_fn=collate_fn)
-                m = compute_metrics(res["scores"], res["labels"], cfg.task)
-                row["val_loss"] = res["loss"]
-                row.update({f"val_{k}": v for k, v in m.items() if isinstance(v, (int, float))})
-                value = row[f"val_{cfg.monitor}"]
-                score = -value if cfg.monitor == "loss" else value
-                score = score if math.isfinite(score) else -math.inf  # NaN AUC never "improves"
-                if prog["best"] is None or score > prog["best"]:
-                    prog.update(best=score, best_value=value, best_epoch=e + 1, bad_epochs=0)
-                    best_state = cpu_state_dict(model)
-                    if out is not None and info.is_main:
-                        atomic_torch_save({"model": best_state, "epoch": e + 1,
-                                           "metric": cfg.monitor, "value": value,
-                                           "config": asdict(cfg)}, out / "best.pt")
-                else:
-                    prog["bad_epochs"] += 1
-                    prog["stopped"] = 0 < cfg.patience <= prog["bad_epochs"]
-            if scheduler is not None:
-                plateau = isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
-                scheduler.step(value) if plateau else scheduler.step()
-            row["seconds"] = time.perf_counter() - t0
-            history.append(row)
-            prog.update(epoch=e + 1, step_in_epoch=0, loss_sum=0.0, count=0)
-            save_ckpt()
-            if out is not None and info.is_main:
-                write_json({"history": history, "best": {"metric": cfg.monitor,
-                            "value": prog["best_value"], "epoch": prog["best_epoch"]},
-                            "global_step": prog["global_step"], "world_size": info.world_size,
-                            "config": asdict(cfg)}, out / "metrics.json")
-            log.info("epoch %d: %s", e + 1, {k: round(v, 4) for k, v in row.items()
-                                             if isinstance(v, float)})
+        return run_epochs(
+            model, train_ds, cfg,
+            step=lambda rule_, x, y: _train_step(model, rule_, x, y, cfg, loss_fn, head, opt,
+                                                 pruner),
+            rule_factory=(rule or (lambda m: make_rule(m, cfg))) if online else None,
+            validate=validate if val_ds is not None else None, monitor=cfg.monitor,
+            higher_is_better=cfg.monitor != "loss", opt=opt, scheduler=scheduler,
+            pruner=pruner, collate_fn=collate_fn, device=device, info=info)
     finally:
         if own_pruner:
             pruner.remove()  # its gradient hooks; the weights stay pruned
-
-    if cfg.restore_best and best_state is not None:
-        model.load_state_dict(best_state)
-    if cfg.plots and out is not None and info.is_main and history:
-        plot_curves(history, out / "curves.png", cfg.monitor if val_ds is not None else None)
-    return history
 
 
 @torch.no_grad()
@@ -396,7 +286,7 @@ def evaluate(model: nn.Module, ds: Dataset, cfg: TrainConfig, *,
     was_training = model.training
     model.eval()
     try:
-        for x, y, meta in _data_errors(loader):
+        for x, y, meta in data_errors(loader):
             x, y = x.to(device), y.to(device)
             z = eval_logits(model, x, mode, cfg.loss_window)
             loss_sum += loss_fn(z, y).item() * x.shape[1]

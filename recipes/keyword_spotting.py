@@ -19,12 +19,14 @@ formants; per-speaker pitch and formant scale): not speech, its accuracy means n
 ``--test-speakers`` (default one drawn with ``--seed``). Speech Commands v2: ``--classes
 all35 | v2_12`` with the official lists.
 
-Pipeline: log-mel (:class:`bimsnn.data.audio.LogMel`) → per-utterance normalisation
-(:func:`normalise`; ``global`` is best on held-out takes, ``cmn`` on unseen speakers, see
-benchmarks/speech.py) → centre crop / front pad to ``duration_s`` → :class:`SpikeCode`
-(thermometer: afferent (f, l) on while band f ≥ level l; optional ON/OFF delta spikes) →
-SpikingMambaNet, readout the running mean of its leaky-integrator membrane (the last step
-scores the whole clip). ``--augment``: random time shift, stretch and mel warp.
+Pipeline (:mod:`bimsnn.data.speech_features`): [``--speed-perturb`` copies of the training
+audio] → log-mel (:class:`bimsnn.data.audio.LogMel`) → ``--norm`` (``global`` is best on
+held-out takes; ``speaker``, speaker-level CMVN, on unseen speakers: see
+benchmarks/speech.py) → ``--fit`` to ``duration_s`` (centre crop / front pad, or stretch)
+→ :class:`SpikeCode` (thermometer: afferent (f, l) on while band f ≥ level l; optional
+ON/OFF delta spikes) → SpikingMambaNet, readout the running mean of its leaky-integrator
+membrane (the last step scores the whole clip). ``--augment``: random time shift,
+stretch and mel warp.
 
 A ``--val-frac`` share of the training items (seeded) picks the best epoch; the test split
 is scored once. Outputs in ``--out-dir``: metrics.json (``accuracy``, ``macro_f1``,
@@ -42,13 +44,21 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import torch
-from torch import Tensor
-from torch.utils.data import Dataset
+from torch.utils.data import ConcatDataset
 
 from bimsnn import _ddp
 from bimsnn._ckpt import atomic_torch_save, load_checkpoint, write_json
 from bimsnn._paths import shared_data_dir
 from bimsnn.data.audio import FSDD, LogMel, SpeechCommands
+from bimsnn.data.speech_features import (  # noqa: F401  (re-exported for speech_recognition)
+    FITS,
+    NORMS,
+    SpikeCode,
+    SpikeSet,
+    load_features,
+    normalise,
+    speed_resampler,
+)
 from bimsnn.ssm.mamba import MambaConfig, SpikingMambaNet
 from bimsnn.train import (
     TrainConfig,
@@ -77,7 +87,10 @@ class KWSConfig:
     test_speakers: tuple[str, ...] | None = _f(None, "FSDD --split speaker: held-out speakers")
     classes: str = _f("all35", "Speech Commands label set", ("all35", "v2_12"))
     n_mels: int = _f(40, "F, mel bands")
-    norm: str = _f("global", "per-utterance normalisation (see normalise)", ("global", "cmn"))
+    norm: str = _f("global", "normalisation (bimsnn.data.speech_features.normalise)", NORMS)
+    fit: str = _f("crop", "fixed length: centre crop / front pad, or stretch in time", FITS)
+    speed_perturb: tuple[float, ...] | None = _f(None, "extra training copies speed-"
+                                                 "perturbed by these factors, e.g. 0.9 1.1")
     hop_ms: float = _f(10.0, "frame hop (one time step)")
     duration_s: float = _f(0.64, "clip length after crop/pad: T = duration / hop")
     levels: int = _f(4, "L, thermometer levels per band")
@@ -94,102 +107,6 @@ class KWSConfig:
     eval_subset: str = _f("test", "items scored by --eval-only", ("test", "all"))
     max_items: int | None = _f(None, "cap per split (quick runs)")
     threads: int = _f(0, "torch CPU threads (0: torch's default)")
-
-
-# ---------------------------------------------------------------------------- features
-@dataclass
-class SpikeCode:
-    """Normalised log-mel (T, F) → spikes (T, F·L [+ 2F]) in {0, 1}; see module docstring.
-
-    >>> code = SpikeCode(levels=2)
-    >>> code(torch.tensor([[-2.0], [0.0], [2.0]])).tolist()
-    [[0.0, 0.0], [1.0, 0.0], [1.0, 1.0]]
-    """
-
-    levels: int = 4
-    delta: float | None = None
-    lo: float = -1.5
-    hi: float = 1.5
-
-    def n_channels(self, n_mels: int) -> int:
-        return n_mels * self.levels + (2 * n_mels if self.delta else 0)
-
-    def __call__(self, z: Tensor) -> Tensor:
-        lv = torch.linspace(self.lo, self.hi, self.levels) if self.levels > 1 else torch.zeros(1)
-        out = [(z.unsqueeze(-1) >= lv).flatten(-2)]                   # (T, F·L)
-        if self.delta:
-            d = torch.diff(z, dim=0, prepend=z[:1])
-            out += [d >= self.delta, d <= -self.delta]                 # (T, F) each
-        return torch.cat(out, -1).float()
-
-
-def normalise(logmel: Tensor, mode: str = "global") -> Tensor:
-    """Per-utterance normalisation of (T, F) log-mel: ``"global"`` subtracts the mean over
-    all bins (loudness) and divides by their std; ``"cmn"`` subtracts each band's own mean
-    over time (also channel and speaker spectral tilt, as in ASR), then the same std."""
-    z = logmel - (logmel.mean() if mode == "global" else logmel.mean(0))
-    return z / z.std().clamp_min(1e-3)
-
-
-def fix_length(z: Tensor, frames: int, fill: float) -> Tensor:
-    """Centre-crop or end-pad (with ``fill``) (T, F) to (frames, F); the clip ends where
-    the readout reads."""
-    if len(z) >= frames:
-        s = (len(z) - frames) // 2
-        return z[s: s + frames]
-    return torch.cat([torch.full((frames - len(z), z.shape[1]), fill), z])
-
-
-def _interp(z: Tensor, pos: Tensor, dim: int) -> Tensor:
-    """Linear interpolation of z (T, F) at fractional positions ``pos`` along ``dim``."""
-    pos = pos.clamp(0, z.shape[dim] - 1)
-    lo = pos.floor().long()
-    hi = (lo + 1).clamp(max=z.shape[dim] - 1)
-    w = (pos - lo).unsqueeze(1 - dim)                              # broadcast over the other dim
-    a, b = z.index_select(dim, lo), z.index_select(dim, hi)
-    return a + (b - a) * w
-
-
-class SpikeSet(Dataset):
-    """Normalised fixed-length log-mel in memory; spikes are coded per item (so that
-    augmentation acts on the log-mel). Items: ``(spikes (T, C), label, meta)``.
-
-    Augmentation (training only; torch's global RNG, seeded by ``fit``): one resampling of
-    the (T, F) plane with a random time shift (± ``max_shift`` frames), time stretch
-    (speaking rate ×[1 − stretch, 1 + stretch], anchored at the clip end) and mel-axis
-    scaling (×[1 − warp, 1 + warp], a vocal-tract-length perturbation).
-    """
-
-    SILENCE = -10.0  # value of padded frames: below every level, so they carry no spikes
-
-    def __init__(self, feats: Tensor, labels: list[int], metas: list[dict], code: SpikeCode,
-                 augment: bool = False, max_shift: int = 8, stretch: float = 0.15,
-                 warp: float = 0.1):
-        self.feats, self.labels, self.metas = feats, labels, metas   # feats (N, T, F)
-        self.code, self.augment = code, augment
-        self.max_shift, self.stretch, self.warp = max_shift, stretch, warp
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int):
-        z = self.feats[i].float()
-        if self.augment:
-            T, F = z.shape
-            shift, rate, alpha = torch.rand(3) * 2 - 1
-            t = torch.arange(T, dtype=z.dtype)
-            pos = (T - 1) - (T - 1 - t) * (1 + self.stretch * rate) + self.max_shift * shift
-            outside = (pos < 0) | (pos > T - 1)
-            z = _interp(z, pos, 0)
-            z[outside] = self.SILENCE
-            z = _interp(z, torch.arange(F, dtype=z.dtype) * (1 + self.warp * alpha), 1)
-        return self.code(z), self.labels[i], self.metas[i]
-
-
-def load_features(ds: Dataset, idx, frames: int, norm: str = "global") -> Tensor:
-    """(N, frames, F) normalised log-mel of ``ds[i]`` for i in idx, read once."""
-    out = [fix_length(normalise(ds[int(i)][0], norm), frames, SpikeSet.SILENCE) for i in idx]
-    return torch.stack(out) if out else torch.zeros(0, frames, 1)
 
 
 # ---------------------------------------------------------------------------- synthetic FSDD
@@ -294,15 +211,20 @@ def build_splits(cfg: KWSConfig, tc: TrainConfig, out: Path) -> tuple[dict, list
     return parts, classes, info
 
 
-def spike_sets(parts: dict, cfg: KWSConfig) -> dict[str, SpikeSet]:
+def spike_sets(parts: dict, cfg: KWSConfig) -> dict:
+    """{split: SpikeSet}; the training set gains one speed-perturbed copy per factor of
+    ``--speed-perturb`` (a ConcatDataset of SpikeSets)."""
     frames = round(cfg.duration_s * 1000 / cfg.hop_ms)
     code = SpikeCode(cfg.levels, cfg.delta)
     out = {}
     for k, (ds, idx) in parts.items():
         metas = [dict(ds.items[int(i)][2]) for i in idx]
         labels = [int(ds.items[int(i)][1]) for i in idx]
-        feats = load_features(ds, idx, frames, cfg.norm)
-        out[k] = SpikeSet(feats, labels, metas, code, augment=cfg.augment and k == "train")
+        aug = cfg.augment and k == "train"
+        speeds = [1.0, *(cfg.speed_perturb or ())] if k == "train" else [1.0]
+        sets = [SpikeSet(load_features(ds, idx, frames, cfg.norm, cfg.fit, a), labels, metas,
+                         code, augment=aug) for a in speeds]
+        out[k] = sets[0] if len(sets) == 1 else ConcatDataset(sets)
     return out
 
 
@@ -322,10 +244,10 @@ def hybrid_factory(tc: TrainConfig, grad: str):
         return None
     from bimsnn.rules import Hybrid
 
-    return lambda m: Hybrid(m, lam=tc.lam, grad=grad)
+    return lambda m: Hybrid(m, lam=tc.lam, grad=grad, balance=tc.balance)
 
 
-def train_model(spec: dict, sets: dict[str, SpikeSet], tc: TrainConfig, cfg: KWSConfig):
+def train_model(spec: dict, sets: dict, tc: TrainConfig, cfg: KWSConfig):
     """Seed, build, fit (AdamW, cosine or constant learning rate) → (model, history)."""
     torch.manual_seed(tc.seed)
     model = build_model(spec)
@@ -375,8 +297,8 @@ def main(argv: list[str] | None = None) -> dict:
     if info.is_main:
         plot_confusion(m["confusion"], out / "confusion.png", classes)
         if not cfg.eval_only:
-            feats = {k: getattr(cfg, k) for k in ("n_mels", "norm", "hop_ms", "duration_s",
-                                                  "levels", "delta")}
+            feats = {k: getattr(cfg, k) for k in ("n_mels", "norm", "fit", "hop_ms",
+                                                  "duration_s", "levels", "delta")}
             atomic_torch_save({"format": 1, "model": {k: v.cpu() for k, v in
                                                       model.state_dict().items()},
                                "spec": spec, "features": feats, "classes": classes,

@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> dict:
             from bimsnn.rules import Hybrid
 
             def rule(m):
-                return Hybrid(m, lam=tc.lam, grad=cfg.hybrid_grad)
+                return Hybrid(m, lam=tc.lam, grad=cfg.hybrid_grad, balance=tc.balance)
         history = fit_seq(model, data["train"], tc, loss_fn=lm_loss, collate_fn=collate_lm,
                           validate=lambda m: lm_eval(m, data["valid"], tc.batch_size, char_len),
                           monitor="loss", rule=rule)

@@ -34,7 +34,6 @@ drives the rule step by step (:func:`bimsnn.text.online_seq_loss`). Outputs in
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -50,13 +49,11 @@ from bimsnn import _ddp
 from bimsnn._ckpt import atomic_torch_save, load_checkpoint, write_json
 from bimsnn._online import seq_logits
 from bimsnn.data.audio import LibriSpeech, LogMel
+from bimsnn.data.speech_features import SpikeCode, normalise
 from bimsnn.metrics_text import ctc_beam_decode, ctc_greedy_decode, error_counts
 from bimsnn.ssm.mamba import MambaConfig, SpikingMambaNet
 from bimsnn.text import fit_seq
 from bimsnn.train import TrainConfig, parse_config
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling recipe, run as a script
-from keyword_spotting import SpikeCode, normalise  # noqa: E402
 
 TRAIN_DEFAULTS = TrainConfig(epochs=30, batch_size=8, lr=3e-3, grad_clip=1.0,
                              out_dir="runs/speech_recognition")
@@ -78,7 +75,7 @@ class ASRConfig:
     test_url: str = _f("test-clean", "test subset folder")
     ext_audio: str = _f(".flac", "audio file extension")
     n_mels: int = _f(40, "F, mel bands")
-    norm: str = _f("global", "per-utterance normalisation (keyword_spotting.normalise)",
+    norm: str = _f("global", "per-utterance normalisation (speech_features.normalise)",
                    ("global", "cmn"))
     levels: int = _f(4, "thermometer levels per band")
     delta: float | None = _f(None, "ON/OFF spikes when a band moves by this (none: off)")
@@ -282,7 +279,7 @@ def main(argv: list[str] | None = None) -> dict:
             from bimsnn.rules import Hybrid
 
             def rule(m):
-                return Hybrid(m, lam=tc.lam, grad=cfg.hybrid_grad)
+                return Hybrid(m, lam=tc.lam, grad=cfg.hybrid_grad, balance=tc.balance)
         history = fit_seq(model, sets["train"], tc, loss_fn=ctc_loss, collate_fn=collate_ctc,
                           validate=lambda m: ctc_eval(m, sets["val"], tc.batch_size),
                           monitor="cer", rule=rule)
