@@ -62,6 +62,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--folds", nargs="+", default=None, help="held-out speakers (default all)")
     p.add_argument("--hybrid-grad", default="autograd", choices=("rtrl", "autograd"))
     p.add_argument("--lam", type=float, default=0.5, help="Hybrid λ")
+    p.add_argument("--lr", type=float, default=3e-3, help="AdamW learning rate (BPTT)")
+    p.add_argument("--loss-window", type=float, default=1.0,
+                   help="Hybrid: fraction of final steps given a loss (TrainConfig.loss_window)")
+    p.add_argument("--hybrid-lr", type=float, default=3e-3, help="AdamW learning rate (Hybrid)")
     p.add_argument("--d-model", type=int, default=64)
     p.add_argument("--norm-takes", default="global", choices=("global", "cmn"))
     p.add_argument("--norm-speaker", default="speaker", choices=("global", "cmn", "speaker"),
@@ -95,7 +99,7 @@ def main(argv: list[str] | None = None) -> dict:
     metas = [dict(it[2]) for it in ds.items]
     speakers = np.array([m["speaker"] for m in metas])
     takes = np.array([m["take"] for m in metas])
-    print(f"FSDD: {len(ds)} recordings, speakers {sorted(set(speakers))}, features "
+    print(f"FSDD: {len(ds)} recordings, speakers {sorted(map(str, set(speakers)))}, features "
           f"{setups} in {time.perf_counter() - t0:.0f} s", flush=True)
     code = SpikeCode(cfg.levels, cfg.delta)
     spec = kws.model_spec(cfg, code.n_channels(cfg.n_mels), 10)
@@ -121,9 +125,10 @@ def main(argv: list[str] | None = None) -> dict:
         for rule in a.rules:
             epochs = ((a.epochs if split == "takes" else a.epochs_speaker)
                       if rule == "bptt" else a.hybrid_epochs)
-            tc = TrainConfig(epochs=epochs, batch_size=a.batch_size, lr=3e-3,
+            tc = TrainConfig(epochs=epochs, batch_size=a.batch_size,
+                             lr=a.lr if rule == "bptt" else a.hybrid_lr,
                              weight_decay=0.01, rule=rule, lam=a.lam, seed=a.seed,
-                             balance=a.hybrid_balance,
+                             balance=a.hybrid_balance, loss_window=a.loss_window,
                              progress=False, plots=False)
             t1 = time.perf_counter()
             model, _ = kws.train_model(spec, sets, tc, replace(cfg))
