@@ -55,9 +55,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--epochs", type=int, default=20, help="BPTT epochs")
     p.add_argument("--epochs-speaker", type=int, default=6, help="BPTT epochs on the speaker "
                    "split (each holds 1 + len(--speed-speaker) copies of the data)")
-    p.add_argument("--hybrid-epochs", type=int, default=3,
-                   help="Hybrid epochs (each costs ~8 BPTT epochs: step-by-step)")
-    p.add_argument("--rules", nargs="+", default=["bptt", "hybrid"])
+    p.add_argument("--hybrid-epochs", type=int, default=15,
+                   help="Hybrid epochs on takes (each costs ~3 BPTT epochs: step by step)")
+    p.add_argument("--hybrid-epochs-speaker", type=int, default=3,
+                   help="Hybrid epochs on the speaker split (1 + len(--speed-speaker) copies)")
+    p.add_argument("--rules", nargs="+", default=["bptt", "hybrid"], choices=("bptt", "hybrid"))
     p.add_argument("--splits", nargs="+", default=["takes", "speaker"])
     p.add_argument("--folds", nargs="+", default=None, help="held-out speakers (default all)")
     p.add_argument("--hybrid-grad", default="autograd", choices=("rtrl", "autograd"))
@@ -65,8 +67,13 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--lr", type=float, default=3e-3, help="AdamW learning rate (BPTT)")
     p.add_argument("--loss-window", type=float, default=1.0,
                    help="Hybrid: fraction of final steps given a loss (TrainConfig.loss_window)")
-    p.add_argument("--hybrid-lr", type=float, default=3e-3, help="AdamW learning rate (Hybrid)")
-    p.add_argument("--d-model", type=int, default=64)
+    p.add_argument("--grad-clip", type=float, default=None, help="gradient norm clip (Hybrid)")
+    p.add_argument("--hybrid-lr", type=float, default=1e-3, help="AdamW learning rate (Hybrid; "
+                   "3e-3 makes the one-step online gradient unstable)")
+    p.add_argument("--d-model", type=int, default=64, help="D on takes")
+    p.add_argument("--d-model-speaker", type=int, default=128, help="D on the speaker split")
+    p.add_argument("--hybrid-readout", default="li", choices=("li", "mean_mem"),
+                   help="Hybrid's readout (li: per-step membrane, a target at every step)")
     p.add_argument("--norm-takes", default="global", choices=("global", "cmn"))
     p.add_argument("--norm-speaker", default="speaker", choices=("global", "cmn", "speaker"),
                    help="speaker: speaker-level CMVN (each test speaker's own, unlabelled stats)")
@@ -79,9 +86,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 avoids "
                    "oversubscription on a shared 2-core machine)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--verbose", action="store_true", help="log every epoch's train loss")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
-    logging.basicConfig(level=logging.WARNING)
+    logging.basicConfig(level=logging.INFO if a.verbose else logging.WARNING,
+                        format="%(message)s")
     root = Path(a.data_dir) if a.data_dir else (shared_data_dir() or Path("absent")) / "fsdd"
     if not root.is_dir():
         raise SystemExit(f"FSDD not found at {root}: pass --data-dir")
@@ -123,15 +132,20 @@ def main(argv: list[str] | None = None) -> dict:
     for split, name, test in folds:
         sets = {"train": subset(~test, split, True), "test": subset(test, split, False)}
         for rule in a.rules:
-            epochs = ((a.epochs if split == "takes" else a.epochs_speaker)
-                      if rule == "bptt" else a.hybrid_epochs)
+            epochs = {("bptt", "takes"): a.epochs, ("bptt", "speaker"): a.epochs_speaker,
+                      ("hybrid", "takes"): a.hybrid_epochs,
+                      ("hybrid", "speaker"): a.hybrid_epochs_speaker}[rule, split]
             tc = TrainConfig(epochs=epochs, batch_size=a.batch_size,
                              lr=a.lr if rule == "bptt" else a.hybrid_lr,
                              weight_decay=0.01, rule=rule, lam=a.lam, seed=a.seed,
                              balance=a.hybrid_balance, loss_window=a.loss_window,
+                             grad_clip=None if rule == "bptt" else a.grad_clip,
                              progress=False, plots=False)
             t1 = time.perf_counter()
-            model, _ = kws.train_model(spec, sets, tc, replace(cfg))
+            run_cfg = replace(cfg, readout="mean_mem" if rule == "bptt" else a.hybrid_readout,
+                              d_model=a.d_model if split == "takes" else a.d_model_speaker)
+            model, _ = kws.train_model(kws.model_spec(run_cfg, spec["n_inputs"], 10), sets, tc,
+                                       run_cfg)
             res = evaluate(model, sets["test"], tc)
             m = compute_metrics(res["scores"], res["labels"], "multiclass")
             acc.setdefault((split, rule), []).append(m["acc"])

@@ -4,9 +4,10 @@ Symbols: T frames (one per hop), F mel bands, L thermometer levels, C = F·L (+ 
 delta) spike afferents, B batch, D model width, K classes.
 
     python recipes/keyword_spotting.py                              # FSDD (see Data)
-    python recipes/keyword_spotting.py --data-dir /data/fsdd --split speaker --test-speakers theo
+    python recipes/keyword_spotting.py --data-dir /data/fsdd --split speaker --test-speakers theo \
+        --norm speaker --fit stretch --speed-perturb 0.8 0.9 1.1 1.2 --epochs 6 --d-model 128
     python recipes/keyword_spotting.py --dataset speechcommands --data-dir /data/SC --classes v2_12
-    python recipes/keyword_spotting.py --rule hybrid                # online (step by step)
+    python recipes/keyword_spotting.py --rule hybrid --lr 1e-3 --epochs 15  # online, step by step
     python recipes/keyword_spotting.py --eval-only --checkpoint runs/keyword_spotting/model.pt \
         --data-dir NEW_FSDD_FOLDER --eval-subset all
     torchrun --nproc_per_node=2 recipes/keyword_spotting.py         # data parallel
@@ -16,7 +17,8 @@ Data: FSDD (``{digit}_{speaker}_{take}.wav``) from ``--data-dir``, else the shar
 written to ``<out>/synthetic_fsdd`` (each digit 3 vowel-like sounds: harmonic source, 2
 formants; per-speaker pitch and formant scale): not speech, its accuracy means nothing.
 ``--split takes``: takes 0-4 are test (FSDD README); ``--split speaker``: the
-``--test-speakers`` (default one drawn with ``--seed``). Speech Commands v2: ``--classes
+``--test-speakers`` (default one drawn with ``--seed``); the second command above is the
+setup of benchmarks/speech.py for unseen speakers. Speech Commands v2: ``--classes
 all35 | v2_12`` with the official lists.
 
 Pipeline (:mod:`bimsnn.data.speech_features`): [``--speed-perturb`` copies of the training
@@ -70,7 +72,7 @@ from bimsnn.train import (
 )
 
 TRAIN_DEFAULTS = TrainConfig(epochs=20, batch_size=32, lr=3e-3, weight_decay=0.01,
-                             out_dir="runs/keyword_spotting")
+                             balance=True, out_dir="runs/keyword_spotting")
 
 
 def _f(default, help: str, choices: tuple | None = None):
@@ -101,6 +103,9 @@ class KWSConfig:
     d_model: int = _f(64, "D")
     n_layers: int = _f(1, "SpikingMamba blocks")
     d_state: int = _f(16, "SSM state size N")
+    readout: str = _f("auto", "logits: running mean of the readout membrane, or the "
+                      "membrane itself (li: a per-step target, which online rules need); "
+                      "auto: mean_mem for bptt, li otherwise", ("auto", "mean_mem", "li"))
     hybrid_grad: str = _f("autograd", "Hybrid's gradient part", ("rtrl", "autograd"))
     eval_only: bool = _f(False, "score --checkpoint on the test (or all) items; no training")
     checkpoint: str | None = _f(None, "model.pt of this recipe (--eval-only)")
@@ -228,10 +233,11 @@ def spike_sets(parts: dict, cfg: KWSConfig) -> dict:
     return out
 
 
-def model_spec(cfg: KWSConfig, n_inputs: int, n_classes: int) -> dict:
+def model_spec(cfg: KWSConfig, n_inputs: int, n_classes: int, rule: str = "bptt") -> dict:
     """MambaConfig keyword arguments (primitives: stored in model.pt)."""
+    readout = cfg.readout if cfg.readout != "auto" else ("mean_mem" if rule == "bptt" else "li")
     return {"d_model": cfg.d_model, "n_inputs": n_inputs, "n_classes": n_classes,
-            "n_layers": cfg.n_layers, "d_state": cfg.d_state, "readout": "mean_mem"}
+            "n_layers": cfg.n_layers, "d_state": cfg.d_state, "readout": readout}
 
 
 def build_model(spec: dict) -> SpikingMambaNet:
@@ -285,7 +291,7 @@ def main(argv: list[str] | None = None) -> dict:
         tc = TrainConfig(**{**asdict(tc), "rule": ck.get("rule", tc.rule)})
         history = []
     else:
-        spec = model_spec(cfg, n_in, len(classes))
+        spec = model_spec(cfg, n_in, len(classes), tc.rule)
         model, history = train_model(spec, sets, tc, cfg)
     model.to(device)
     res = evaluate(model, sets["test"], tc)
