@@ -210,9 +210,11 @@ def test_online_rule_needs_a_step_model():
         fit(LSTMClassifier(3, 2, hidden=4), Synth(n=8), None, cfg_for(rule="rtrl"))
 
 
-@pytest.mark.parametrize("rule", ["bptt", "rtrl"])
-def test_resume_equals_uninterrupted(tmp_path, rule):
-    kw = dict(epochs=3, rule=rule, patience=5)
+@pytest.mark.parametrize("rule,prune", [("bptt", None), ("rtrl", None), ("bptt", 0.3)])
+def test_resume_equals_uninterrupted(tmp_path, rule, prune):
+    """Mid-epoch stop + resume gives the uninterrupted run's weights and history bit for
+    bit, the AdaptivePruning threshold, masks and sampler included (prune=0.3)."""
+    kw = dict(epochs=3, rule=rule, patience=5, prune=prune, prune_beta=50.0, prune_gamma=0.05)
     factory = PlainRule if rule != "bptt" else None
     torch.manual_seed(0)
     full = StepNet(p=0.2)  # dropout: resume must restore the RNG stream too
@@ -235,6 +237,12 @@ def test_resume_equals_uninterrupted(tmp_path, rule):
     assert [{k: v for k, v in h.items() if k != "seconds"} for h in h_res] == strip
     for k, v in full.state_dict().items():
         assert torch.equal(v, resumed.state_dict()[k]), k
+    if prune is not None:
+        zeros = sum(int((m.weight == 0).sum()) for m in full.modules()
+                    if isinstance(m, nn.Linear))
+        assert zeros > 0                                    # pruning was active
+        ck = torch.load(tmp_path / "b" / "ckpt.pt", weights_only=True)
+        assert ck["pruner"] is not None and len(ck["pruner"]["masks"]) > 0
 
 
 def test_data_error_propagates_and_keeps_epoch1_checkpoint(tmp_path):

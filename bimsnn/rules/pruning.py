@@ -108,6 +108,28 @@ class AdaptivePruning:
             p.copy_(self.latent[i] * self.masks[i])
         return self.sparsity
 
+    def state_dict(self) -> dict:
+        """θ, masks, latent weights and the sampler state (tensors and floats: safe for
+        ``torch.load(..., weights_only=True)``), so a resumed run continues exactly."""
+        return {"theta": list(self.theta), "masks": [m.clone() for m in self.masks],
+                "latent": [x.clone() for x in self.latent], "gen": self.gen.get_state(),
+                "rho": self.rho}
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`; the pruned tensors must match in number and shape."""
+        masks, latent = state["masks"], state["latent"]
+        if len(masks) != len(self.params) or any(
+                m.shape != p.shape for m, p in zip(masks, self.params)):
+            raise ValueError("AdaptivePruning.load_state_dict: the saved masks do not match "
+                             f"the {len(self.params)} pruned tensors")
+        if len(state["theta"]) != len(self.theta):
+            raise ValueError("AdaptivePruning.load_state_dict: per_tensor setting differs")
+        self.theta = [float(t) for t in state["theta"]]
+        self.masks = [m.to(p.device, torch.bool) for m, p in zip(masks, self.params)]
+        self.latent = [x.to(p.device, p.dtype) for x, p in zip(latent, self.params)]
+        self.gen.set_state(state["gen"])
+
     @torch.no_grad()
     def remove(self, restore: bool = False) -> None:
         """Detach the gradient hooks; weights stay pruned unless ``restore`` (latent values)."""
