@@ -1,8 +1,8 @@
-"""EEG datasets: CHB-MIT (EDF + chbNN-summary.txt) and Bonn (text segments), windowed.
+"""EEG datasets: CHB-MIT (EDF + chbNN-summary.txt), windowed; Bonn lives in ``bimsnn.data.bonn``.
 
 Symbols: T samples per window, C channels, fs sampling rate after resampling (Hz).
 
-Both datasets follow torchaudio: ``Dataset(root, ..., download=False)`` and
+CHBMIT and Bonn follow torchaudio: ``Dataset(root, ..., download=False)`` and
 ``ds[i] -> (x, label, meta)`` with x a float32 window (T, C) (or ``encoder(x)``,
 e.g. spikes (T, 2C)), label 1 = ictal / 0 = not, meta a dict naming the recording.
 ``ds.meta`` is a pandas DataFrame with one row per window; the split helpers at the
@@ -24,6 +24,7 @@ import torch
 from torch.utils.data import Dataset
 
 from bimsnn.data import DataError
+from bimsnn.data.bonn import Bonn  # noqa: F401  (re-exported: one EEG namespace)
 
 __all__ = ["parse_chbmit_summary", "read_edf_header", "CHBMIT", "Bonn", "CHBMIT_CHANNELS_18",
            "recording_split", "patient_split", "leave_one_patient_out"]
@@ -38,9 +39,6 @@ _CHBMIT_HELP = ("CHB-MIT is not downloaded automatically (42 GB, PhysioNet terms
                 "`wget -r -N -c -np https://physionet.org/files/chbmit/1.0.0/` and pass "
                 "root=.../chbmit/1.0.0, or write demo data: "
                 "`python -m bimsnn.data.demo chbmit datasets/demo_chbmit` (see datasets/README.md)")
-_BONN_HELP = ("the Bonn EEG set is not downloaded automatically: get Z.zip, O.zip, N.zip, F.zip, "
-              "S.zip from the UPF NTSA downloads page (Andrzejak et al. 2001) and unzip them to "
-              "root/{Z,O,N,F,S}/ (see datasets/README.md)")
 
 
 # --------------------------------------------------------------------------- CHB-MIT parsing
@@ -385,105 +383,6 @@ class CHBMIT(Dataset):
         path = self.files[i]
         return x, int(self.labels[k]), dict(patient=path.parent.name, file=path.name,
                                             start_s=s / self.sfreq)
-
-
-# --------------------------------------------------------------------------- Bonn
-class Bonn(Dataset):
-    """Bonn EEG (Andrzejak et al. 2001): 5 sets × 100 single-channel 23.6 s segments.
-
-    Layout: ``root/{Z,O,N,F,S}/*.txt`` (or ``*.TXT``), one sample per line, 173.61 Hz.
-    Label 1 for set S (ictal), 0 otherwise; ``meta["set"]`` keeps the set.
-
-    Args:
-        window_s, stride_s: None = the whole segment (4097 samples).
-        l_freq, h_freq: band-pass through ``mne.filter.filter_data``.
-        sfreq: output rate through ``mne.filter.resample`` (0 < sfreq ≤ 173.61).
-        normalize: ``"segment"`` z-score per segment, ``"window"``, or None (µV).
-    ``ds[i] -> (x (T, 1) or encoder(x), label, dict(set, segment, start_s))``.
-    """
-
-    FS = 173.61
-    SETS = ("Z", "O", "N", "F", "S")
-
-    def __init__(self, root, sets: Sequence[str] = SETS, window_s: float | None = None,
-                 stride_s: float | None = None, encoder: Callable | None = None,
-                 l_freq: float | None = None, h_freq: float | None = None,
-                 sfreq: float | None = None, normalize: str | None = "segment",
-                 download: bool = False):
-        import mne
-
-        self.root = Path(root)
-        if download:
-            raise DataError(self.root, _BONN_HELP)
-        if normalize not in ("segment", "window", None):
-            raise DataError(self.root, f"normalize must be 'segment', 'window' or None, got {normalize!r}")
-        self.encoder, self.normalize = encoder, normalize
-        self.sfreq = self.FS if sfreq is None else float(sfreq)
-        if not 0 < self.sfreq <= self.FS:
-            raise DataError(self.root, f"impossible resampling target sfreq={sfreq} Hz "
-                                       f"(must be in (0, {self.FS}]; no upsampling)")
-        segs, names, set_of = [], [], []
-        for s in sets:
-            if s not in self.SETS:
-                raise DataError(self.root, f"unknown set {s!r}; expected one of {self.SETS}")
-            d = next((p for p in (self.root / s, self.root / s.lower()) if p.is_dir()), None)
-            files = [] if d is None else sorted(p for p in d.iterdir() if p.suffix.lower() == ".txt")
-            if not files:
-                raise DataError(self.root / s, f"no *.txt segments. {_BONN_HELP}")
-            for p in files:
-                segs.append(self._read(p))
-                names.append(p.stem.upper())
-                set_of.append(s)
-        n = min(len(x) for x in segs)
-        data = np.stack([x[:n] for x in segs])                      # (S, N) µV
-        if l_freq is not None or h_freq is not None:
-            data = mne.filter.filter_data(data, self.FS, l_freq, h_freq, verbose="error")
-        if self.sfreq != self.FS:
-            data = mne.filter.resample(data, up=self.sfreq / self.FS, verbose="error")
-        if normalize == "segment":
-            data = (data - data.mean(1, keepdims=True)) / data.std(1, keepdims=True).clip(1e-12)
-        self.data = torch.from_numpy(data.astype(np.float32))
-        n = self.data.shape[1]
-        win = n if window_s is None else int(round(window_s * self.sfreq))
-        hop = win if stride_s is None else int(round(stride_s * self.sfreq))
-        if not 0 < win <= n or hop <= 0:
-            raise DataError(self.root, f"window {win} samples must be in (0, {n}] and stride > 0")
-        starts = np.arange(0, n - win + 1, hop)
-        seg = np.repeat(np.arange(len(names)), len(starts))
-        self.meta = pd.DataFrame(dict(
-            segment=np.array(names)[seg], set=np.array(set_of)[seg], seg_index=seg,
-            start=np.tile(starts, len(names)), start_s=np.tile(starts, len(names)) / self.sfreq,
-            label=(np.array(set_of)[seg] == "S").astype(np.int64)))
-        self.meta["recording"] = self.meta["segment"]     # Bonn has no subject ids
-        self.labels = self.meta["label"].to_numpy()
-        self._win = win
-
-    @staticmethod
-    def _read(path: Path) -> np.ndarray:
-        try:
-            x = np.array(path.read_text(encoding="latin-1").split(), dtype=np.float64)
-        except (OSError, ValueError) as e:
-            raise DataError(path, f"unreadable segment ({e})") from e
-        if x.size == 0:
-            raise DataError(path, "empty segment")
-        if not np.isfinite(x).all():
-            raise DataError(path, f"{int((~np.isfinite(x)).sum())} NaN/inf samples "
-                                  f"(first at line {int(np.argmax(~np.isfinite(x))) + 1})")
-        return x
-
-    def __len__(self) -> int:
-        return len(self.meta)
-
-    def __getitem__(self, k: int):
-        row = self.meta.iloc[k]
-        s = int(row["start"])
-        x = self.data[int(row["seg_index"]), s:s + self._win].unsqueeze(-1).clone()  # (T, 1)
-        if self.normalize == "window":
-            x = (x - x.mean(0)) / x.std(0).clamp_min(1e-12)
-        if self.encoder is not None:
-            x = self.encoder(x)
-        return x, int(row["label"]), dict(set=row["set"], segment=row["segment"],
-                                          start_s=float(row["start_s"]))
 
 
 # --------------------------------------------------------------------------- splits
