@@ -80,6 +80,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--fit-speaker", default="stretch", choices=("crop", "stretch"))
     p.add_argument("--speed-speaker", type=float, nargs="*", default=[0.8, 0.9, 1.1, 1.2],
                    help="speed-perturbed training copies on the speaker split")
+    p.add_argument("--tta", type=float, nargs="*", default=[0.9, 1.1],
+                   help="speaker split: also score the mean class probabilities over the test "
+                   "audio at these speeds (+ 1.0), test-time augmentation (must be among "
+                   "--speed-speaker); none: off")
     p.add_argument("--hybrid-balance", action=argparse.BooleanOptionalAction, default=True,
                    help="Hybrid's STDP term scaled to (1-λ)·‖grad‖ (bimsnn.rules.hybrid)")
     p.add_argument("--batch-size", type=int, default=32)
@@ -102,6 +106,8 @@ def main(argv: list[str] | None = None) -> dict:
     setups = {"takes": (a.norm_takes, "crop", ()),
               "speaker": (a.norm_speaker, a.fit_speaker, tuple(a.speed_speaker))}
     setups = {k: v for k, v in setups.items() if k in a.splits}
+    if "speaker" in setups and not set(a.tta or ()) <= set(a.speed_speaker):
+        raise SystemExit("--tta speeds must be among --speed-speaker (features are made once)")
     feats = {(n, f, sp): load_features(ds, np.arange(len(ds)), frames, n, f, sp)
              for n, f, speeds in set(setups.values()) for sp in (1.0, *speeds)}  # (N, T, F)
     labels = [int(it[1]) for it in ds.items]
@@ -113,12 +119,12 @@ def main(argv: list[str] | None = None) -> dict:
     code = SpikeCode(cfg.levels, cfg.delta)
     spec = kws.model_spec(cfg, code.n_channels(cfg.n_mels), 10)
 
-    def subset(mask: np.ndarray, split: str, train: bool):
+    def subset(mask: np.ndarray, split: str, train: bool, speed: float = 1.0):
         idx = np.flatnonzero(mask)
         n, f, speeds = setups[split]
         sets = [SpikeSet(feats[(n, f, sp)][idx], [labels[i] for i in idx],
                          [metas[i] for i in idx], code, augment=train and cfg.augment)
-                for sp in ((1.0, *speeds) if train else (1.0,))]
+                for sp in ((1.0, *speeds) if train else (speed,))]
         return sets[0] if len(sets) == 1 else torch.utils.data.ConcatDataset(sets)
 
     folds = []
@@ -149,10 +155,17 @@ def main(argv: list[str] | None = None) -> dict:
             res = evaluate(model, sets["test"], tc)
             m = compute_metrics(res["scores"], res["labels"], "multiclass")
             acc.setdefault((split, rule), []).append(m["acc"])
+            tta = ""
+            if split == "speaker" and a.tta:
+                probs = [res["scores"]] + [evaluate(model, subset(test, split, False, sp), tc)
+                                           ["scores"] for sp in a.tta]
+                m_tta = compute_metrics(np.mean(probs, 0), res["labels"], "multiclass")
+                acc.setdefault((split, rule + "_tta"), []).append(m_tta["acc"])
+                tta = f"  (tta {m_tta['acc']:.3f})"
             print(f"{split:8} {name:10} {rule:7} {epochs:6d} {m['acc']:6.3f} "
-                  f"{time.perf_counter() - t1:8.0f}", flush=True)
-    summary = {f"fsdd_{split}_acc{'' if rule == 'bptt' else '_' + rule}": float(np.mean(v))
-               for (split, rule), v in acc.items()}
+                  f"{time.perf_counter() - t1:8.0f}{tta}", flush=True)
+    summary = {f"fsdd_{split}_acc{'' if rule == 'bptt' else '_' + rule.replace('bptt_', '')}":
+               float(np.mean(v)) for (split, rule), v in acc.items()}
     print(f"total {time.perf_counter() - t0:.0f} s")
     print("RESULT " + " ".join(f"{k}={v:.4f}" for k, v in summary.items()))
     return summary
