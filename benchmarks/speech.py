@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--epochs", type=int, default=20, help="BPTT epochs")
     p.add_argument("--epochs-speaker", type=int, default=6, help="BPTT epochs on the speaker "
                    "split (each holds 1 + len(--speed-speaker) copies of the data)")
-    p.add_argument("--hybrid-epochs", type=int, default=15,
+    p.add_argument("--hybrid-epochs", type=int, default=8,
                    help="Hybrid epochs on takes (each costs ~3 BPTT epochs: step by step)")
     p.add_argument("--hybrid-epochs-speaker", type=int, default=3,
                    help="Hybrid epochs on the speaker split (1 + len(--speed-speaker) copies)")
@@ -67,6 +67,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--lr", type=float, default=3e-3, help="AdamW learning rate (BPTT)")
     p.add_argument("--loss-window", type=float, default=1.0,
                    help="Hybrid: fraction of final steps given a loss (TrainConfig.loss_window)")
+    p.add_argument("--hybrid-val-frac", type=float, default=0.1,
+                   help="Hybrid: share of the training items (seeded, unperturbed) held out to "
+                   "pick the best epoch: the one-step online gradient is biased and its loss "
+                   "turns back up after a few epochs (0: last epoch)")
     p.add_argument("--grad-clip", type=float, default=None, help="gradient norm clip (Hybrid)")
     p.add_argument("--hybrid-lr", type=float, default=1e-3, help="AdamW learning rate (Hybrid; "
                    "3e-3 makes the one-step online gradient unstable)")
@@ -137,6 +141,12 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{'split':8} {'test':10} {'rule':7} {'epochs':>6} {'acc':>6} {'train s':>8}")
     for split, name, test in folds:
         sets = {"train": subset(~test, split, True), "test": subset(test, split, False)}
+        train_idx = np.flatnonzero(~test)
+        n_val = round(a.hybrid_val_frac * len(train_idx))
+        val = np.zeros(len(test), bool)
+        val[np.random.default_rng(a.seed).permutation(train_idx)[:n_val]] = True
+        held = {"train": subset(~test & ~val, split, True), "val": subset(val, split, False),
+                "test": sets["test"]} if n_val else sets
         for rule in a.rules:
             epochs = {("bptt", "takes"): a.epochs, ("bptt", "speaker"): a.epochs_speaker,
                       ("hybrid", "takes"): a.hybrid_epochs,
@@ -150,8 +160,12 @@ def main(argv: list[str] | None = None) -> dict:
             t1 = time.perf_counter()
             run_cfg = replace(cfg, readout="mean_mem" if rule == "bptt" else a.hybrid_readout,
                               d_model=a.d_model if split == "takes" else a.d_model_speaker)
-            model, _ = kws.train_model(kws.model_spec(run_cfg, spec["n_inputs"], 10), sets, tc,
-                                       run_cfg)
+            model, hist = kws.train_model(kws.model_spec(run_cfg, spec["n_inputs"], 10),
+                                          sets if rule == "bptt" else held, tc, run_cfg)
+            if rule != "bptt" and n_val:
+                best = max(hist, key=lambda h: h["val_acc"])
+                print(f"  hybrid val acc by epoch {[round(h['val_acc'], 3) for h in hist]}, "
+                      f"kept epoch {best['epoch']}", flush=True)
             res = evaluate(model, sets["test"], tc)
             m = compute_metrics(res["scores"], res["labels"], "multiclass")
             acc.setdefault((split, rule), []).append(m["acc"])
