@@ -33,6 +33,10 @@ so the STDP term keeps Ω's direction and timing structure but has norm (1 − �
 λ = 0.5 gives both terms equal norm. Earlier steps' writes are rescaled as ‖G‖ and ‖Ω‖
 grow (the rule writes the difference), so ``.grad`` is the formula above after each step.
 It needs λ > 0 on every pair (‖G‖ is measured through the λ-scaled gradient).
+Balance fixes the *norm* share, not Adam's per-weight normalisation: an STDP direction
+that keeps its sign across batches (Hebbian growth) still earns full-size Adam steps
+while the gradient's sign fluctuates. On FSDD (benchmarks/speech.py, λ = 0.5, AdamW
+1e-3) the input weights' norm grew 5 → 16 in 6 epochs; with SGD the mix is exactly λ.
 """
 
 from __future__ import annotations
