@@ -328,6 +328,22 @@ def reset_peak_rss() -> float | None:
     return _proc_status_mib("VmRSS")
 
 
+_INDEX_KEYS = ("train", "val", "test", "group")
+
+
+def to_payload(data: dict) -> dict:
+    """What a worker needs of ``prepare_*``'s dict, as tensors, strings and lists, so that
+    it loads with ``torch.load(..., weights_only=True)`` (the index arrays become tensors;
+    ``info`` stays with the parent)."""
+    return {k: (torch.from_numpy(np.array(v)) if k in _INDEX_KEYS and v is not None else v)
+            for k, v in data.items() if k != "info"}
+
+
+def from_payload(d: dict) -> dict:
+    """Inverse of :func:`to_payload` (index tensors back to numpy arrays)."""
+    return {k: (v.numpy() if k in _INDEX_KEYS and v is not None else v) for k, v in d.items()}
+
+
 def worker(spec: Spec) -> dict:
     """Train and test one configuration; returns metrics, wall time and peak memory."""
     import torch.nn.functional as F
@@ -337,9 +353,7 @@ def worker(spec: Spec) -> dict:
     torch.set_num_threads(spec.threads)
     np.random.seed(spec.seed)
     torch.manual_seed(spec.seed)
-    # Not a checkpoint: a temp file biomed.py wrote moments ago in its own TemporaryDirectory
-    # (it holds numpy index arrays, which weights_only=True rejects).
-    d = torch.load(spec.data, weights_only=False)
+    d = from_payload(torch.load(spec.data, weights_only=True))
     N, T, C = d["x"].shape
     K = len(d["classes"])
     train = SpikeWindows(d["x"], d["y"], d["train"])

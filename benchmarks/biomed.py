@@ -181,7 +181,7 @@ def main() -> None:
             else:
                 data = bm.prepare_mitbih(root / "ecg", **MITBIH)
             path = Path(tmp) / f"{task}.pt"
-            torch.save(data, path)
+            torch.save(bm.to_payload(data), path)
             print(f"[{task}] data ready in {time.perf_counter() - t0:.1f} s: "
                   f"{json.dumps(data['info'], default=str)}", flush=True)
             results[task] = []
