@@ -215,3 +215,18 @@ def test_ecg_time_split_keeps_order_and_no_overlap(shared_data):
         spans = [ds.beat_sample[v[ds.beat_record[v] == r]] for v in parts.values()]
         for a, b in zip(spans, spans[1:]):  # train ends before val starts, val before test
             assert a.max() + ds.post <= b.min() - ds.pre
+
+
+def test_ecg_multi_adm_encoder_stacks_three_thresholds():
+    """--encoder multi_adm: ADM at θ, 3θ, 10θ side by side, (T, L) → (T, 3·2L)."""
+    from bimsnn.encoding import adm
+
+    t = torch.linspace(0, 1, 90)
+    x = torch.stack([torch.sin(2 * torch.pi * 3 * t), 0.2 * torch.cos(2 * torch.pi * t)], -1)
+    enc = ecg.encoder_fn({"encoder": "multi_adm", "spike_threshold": 0.03})
+    s = enc(x)
+    assert s.shape == (90, 12)
+    for k, th in enumerate((0.03, 0.09, 0.3)):
+        assert torch.equal(s[:, 4 * k: 4 * k + 4], adm(x, th))
+    counts = [int(s[:, 4 * k: 4 * k + 4].sum()) for k in range(3)]
+    assert counts[0] > counts[1] > counts[2] > 0          # coarser θ, fewer spikes
