@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"FSDD: {len(ds)} recordings, speakers {sorted(map(str, set(speakers)))}, features "
           f"{setups} in {time.perf_counter() - t0:.0f} s", flush=True)
     code = SpikeCode(cfg.levels, cfg.delta)
-    spec = kws.model_spec(cfg, code.n_channels(cfg.n_mels), 10)
+    n_in = code.n_channels(cfg.n_mels)
 
     def subset(mask: np.ndarray, split: str, train: bool, speed: float = 1.0):
         idx = np.flatnonzero(mask)
@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> dict:
             t1 = time.perf_counter()
             run_cfg = replace(cfg, readout="mean_mem" if rule == "bptt" else a.hybrid_readout,
                               d_model=a.d_model if split == "takes" else a.d_model_speaker)
-            model, hist = kws.train_model(kws.model_spec(run_cfg, spec["n_inputs"], 10),
+            model, hist = kws.train_model(kws.model_spec(run_cfg, n_in, 10),
                                           sets if rule == "bptt" else held, tc, run_cfg)
             if rule != "bptt" and n_val:
                 best = max(hist, key=lambda h: h["val_acc"])

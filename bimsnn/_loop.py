@@ -4,7 +4,7 @@ One function, :func:`run_epochs`, owns what both trainers must do identically: e
 resume (``ckpt.pt`` at every epoch end and at ``max_steps``, mid-epoch position included),
 best-epoch tracking (``best.pt``), early stopping, the scheduler step, ``metrics.json``,
 the progress bar and the final restore/plot. The caller supplies what differs: the update
-on one batch (``step``) and the validation (``validate``).
+of ``.grad`` on one batch (``loss_and_grads``) and the validation (``validate``).
 
 Progress (checkpointed as ``ckpt["progress"]``): epoch, step_in_epoch, global_step,
 loss_sum, count (the running train loss), best, best_value, best_epoch, bad_epochs, stopped.
@@ -54,8 +54,25 @@ def data_errors(batches: Iterator) -> Iterator:
         raise DataError(None, str(e)) from e
 
 
+def update(model: nn.Module, fill_grads: Callable[..., Tensor], args: tuple,
+           opt: torch.optim.Optimizer, pruner, grad_clip: float | None) -> Tensor:
+    """One update: zero .grad → ``fill_grads(*args)`` (returns the loss) → average every .grad
+    over ranks (whoever wrote it) → clip → optimizer step → pruner step (AdaptivePruning
+    samples masks from its own seeded generator). Returns the loss, detached."""
+    model.zero_grad(set_to_none=True)
+    loss = fill_grads(*args)
+    params = [p for p in model.parameters() if p.requires_grad]
+    _ddp.allreduce_grads(params)
+    if grad_clip is not None:
+        nn.utils.clip_grad_norm_(params, grad_clip)
+    opt.step()
+    if pruner is not None:
+        pruner.step()
+    return loss.detach()
+
+
 def run_epochs(model: nn.Module, train_ds: Dataset, cfg, *,
-               step: Callable[[Any, Tensor, Any], Tensor],
+               loss_and_grads: Callable[[Any, Tensor, Any], Tensor],
                rule_factory: Callable[[nn.Module], Any] | None,
                validate: Callable[[nn.Module], dict] | None, monitor: str,
                higher_is_better: bool, opt: torch.optim.Optimizer, scheduler, pruner,
@@ -63,8 +80,9 @@ def run_epochs(model: nn.Module, train_ds: Dataset, cfg, *,
     """Train for ``cfg.epochs`` (a TrainConfig), resuming from ``cfg.out_dir`` if asked.
 
     Args:
-        step: ``(rule or None, x (T, B, ...), target) -> loss`` (detached): one full update
-            (gradients, rank averaging, clipping, optimizer and pruner steps).
+        loss_and_grads: ``(rule or None, x (T, B, ...), target) -> loss``: fill ``.grad``
+            (BPTT backward, or the rule's per-step writes). :func:`update` then averages
+            over ranks, clips, and steps the optimizer and the pruner.
         rule_factory: ``model -> Rule``, attached for each epoch's training and removed
             before validation; None for BPTT.
         validate: ``model -> {"val_<name>": value}`` after each epoch (every rank); the
@@ -116,7 +134,8 @@ def run_epochs(model: nn.Module, train_ds: Dataset, cfg, *,
                        desc=f"epoch {e + 1}/{cfg.epochs}", leave=False)
             for x, target, _ in bar:
                 x, target = x.to(device), tree_map(lambda t: t.to(device), target)
-                loss = step(active, x, target)
+                loss = update(model, loss_and_grads, (active, x, target), opt, pruner,
+                              cfg.grad_clip)
                 prog["loss_sum"] += loss.item() * x.shape[1]
                 prog["count"] += x.shape[1]
                 prog["step_in_epoch"] += 1

@@ -303,28 +303,19 @@ def fit_seq(model: nn.Module, train_ds: Dataset, cfg: TrainConfig, *,
     online = cfg.rule != "bptt"
     head = readout_params(model) if cfg.rule == "stdp" else None
 
-    def step(active, x: Tensor, target) -> Tensor:
-        model.zero_grad(set_to_none=True)
+    def loss_and_grads(active, x: Tensor, target) -> Tensor:
         if active is None:
             loss = loss_fn(seq_logits(model, x), target)
             loss.backward()
-        else:
-            loss = online_seq_loss(model, active, x, target, loss_fn, head)
-        params = [p for p in model.parameters() if p.requires_grad]
-        _ddp.allreduce_grads(params)
-        if cfg.grad_clip is not None:
-            nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        opt.step()
-        if pruner is not None:
-            pruner.step()
-        return loss.detach()
+            return loss
+        return online_seq_loss(model, active, x, target, loss_fn, head)
 
     def val(m: nn.Module) -> dict:
         return {f"val_{k}": v for k, v in validate(m).items()}
 
     try:
         return run_epochs(
-            model, train_ds, cfg, step=step,
+            model, train_ds, cfg, loss_and_grads=loss_and_grads,
             rule_factory=(rule or (lambda m: make_rule(m, cfg))) if online else None,
             validate=val if validate is not None else None, monitor=monitor,
             higher_is_better=higher_is_better, opt=opt, scheduler=scheduler, pruner=pruner,

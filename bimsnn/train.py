@@ -175,24 +175,15 @@ def task_scores(logits: Tensor, task: str) -> Tensor:
     return logits[:, 0].sigmoid() if logits.shape[-1] == 1 else logits.softmax(-1)[:, 1]
 
 
-def _train_step(model, rule, x: Tensor, y: Tensor, cfg: TrainConfig, loss_fn, head,
-                opt: torch.optim.Optimizer, pruner) -> Tensor:
-    """One update on x (T, B, C): fill .grad (BPTT or rule) → average over ranks → clip →
-    optimizer step → pruner step. Returns the (detached) loss."""
-    model.zero_grad(set_to_none=True)
+def _loss_and_grads(model, rule, x: Tensor, y: Tensor, cfg: TrainConfig, loss_fn,
+                    head) -> Tensor:
+    """Fill .grad for one batch x (T, B, C): BPTT through ``model(x)``, or the online rule
+    step by step. Returns the loss."""
     if rule is None:
         loss = loss_fn(model(x), y)
         loss.backward()
-    else:
-        loss = online_loss(model, rule, x, y, cfg.loss_window, loss_fn, head)
-    params = [p for p in model.parameters() if p.requires_grad]
-    _ddp.allreduce_grads(params)  # every .grad, whoever wrote it
-    if cfg.grad_clip is not None:
-        nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-    opt.step()
-    if pruner is not None:
-        pruner.step()  # AdaptivePruning samples masks from its own seeded generator
-    return loss.detach()
+        return loss
+    return online_loss(model, rule, x, y, cfg.loss_window, loss_fn, head)
 
 
 # ---------------------------------------------------------------- fit / evaluate
@@ -250,8 +241,8 @@ def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset | None = None,
     try:
         return run_epochs(
             model, train_ds, cfg,
-            step=lambda rule_, x, y: _train_step(model, rule_, x, y, cfg, loss_fn, head, opt,
-                                                 pruner),
+            loss_and_grads=lambda rule_, x, y: _loss_and_grads(model, rule_, x, y, cfg,
+                                                               loss_fn, head),
             rule_factory=(rule or (lambda m: make_rule(m, cfg))) if online else None,
             validate=validate if val_ds is not None else None, monitor=cfg.monitor,
             higher_is_better=cfg.monitor != "loss", opt=opt, scheduler=scheduler,
