@@ -21,6 +21,7 @@ import io
 import json
 import math
 import os
+import pickle
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -112,10 +113,13 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
         zipped = f.read(4) == _ZIP_MAGIC
     try:
         ck = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        kind = ("holds Python objects that a safe (weights-only) load refuses to run: not a "
+                "bimsnn checkpoint" if zipped else "not a PyTorch checkpoint")
+        raise CheckpointError(path, kind) from None
     except Exception as e:  # torch raises many types here; none of their texts is shown
         kind = (f"truncated or corrupt checkpoint ({size} bytes; {type(e).__name__})" if zipped
-                else "not a PyTorch checkpoint, or one holding Python objects that a safe "
-                     "(weights-only) load refuses to run")
+                else "not a PyTorch checkpoint")
         raise CheckpointError(path, kind) from None
     if not isinstance(ck, dict):
         raise CheckpointError(path, f"not a bimsnn checkpoint (holds a {type(ck).__name__})")

@@ -175,12 +175,12 @@ def check_out_dir(path: str | Path, min_free_mb: float = 64.0) -> Path:
         RunError: naming the folder and the problem.
     """
     path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise RunError(path, "output path exists and is not a folder")
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise RunError(path, f"cannot create the output folder ({e.strerror or e})") from None
-    if not path.is_dir():
-        raise RunError(path, "output path exists and is not a folder")
     try:
         fd, tmp = tempfile.mkstemp(dir=path, prefix=".write-test-")
         os.close(fd)
