@@ -1,7 +1,17 @@
-"""Encoders: shapes, binary outputs, documented rate bounds, decoders (hypothesis properties)."""
+"""Encoders: shapes, binary outputs, documented rate bounds, decoders (hypothesis properties);
+multi-ADM, filterbank ADM and log-mel equal the copies they replace.
+
+Old definitions are loaded from the benchmark / recipe files themselves
+(``importlib.util.spec_from_file_location``) or, where the old code is gone from the library
+(the two log-mels), copied here verbatim. Tolerance for log-mel: 1e-6 relative.
+"""
 
 import doctest
+import importlib
+import importlib.util
 import math
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,8 +38,48 @@ def _tv(x):
     return np.abs(np.diff(x, axis=0)).sum(0)            # (C,)
 
 
-def test_doctests():
-    assert doctest.testmod(enc).failed == 0
+SUBMODULES = ("", ".contrast", ".intensity", ".filterbank", ".mel")
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _load(relpath: str):
+    """Import a repository file as a module under a private name (old definitions)."""
+    name = "_old_" + relpath.replace("/", "_").removesuffix(".py")
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, REPO / relpath)
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod  # dataclasses look their module up here
+        spec.loader.exec_module(mod)
+    return sys.modules[name]
+
+
+@pytest.mark.parametrize("sub", SUBMODULES)
+def test_doctests(sub):
+    mod = importlib.import_module("bimsnn.encoding" + sub)
+    res = doctest.testmod(mod, extraglobs={"torch": torch})
+    assert res.failed == 0
+    assert res.attempted > 0 or sub == ".filterbank"
+
+
+def test_every_encoder_has_a_functional_and_a_transform():
+    pairs = [(enc.rate, enc.RateEncoder(num_steps=4)), (enc.latency, enc.LatencyEncoder(4)),
+             (enc.delta, enc.DeltaEncoder(0.5)), (enc.adm, enc.ADMEncoder(0.5)),
+             (enc.multi_adm, enc.MultiADMEncoder((0.5, 1.0))),
+             (enc.filterbank_adm, enc.FilterbankADMEncoder(100.0, bands=((5.0, 15.0),))),
+             (enc.thermometer, enc.SpikeCode(3, 0.2)),
+             (enc.mel_threshold, enc.MelThresholdEncoder(torch.tensor([-1.0, 1.0]))),
+             (enc.log_mel, enc.LogMelSpectrogram(8000, 8))]
+    assert {f.__name__ for f, _ in pairs} | {"spike_rate", "delta_decode", "adm_decode",
+                                             "filterbank_envelope"} == {
+        n for n in enc.__all__ if n[0].islower()}
+    assert {type(m).__name__ for _, m in pairs} == {n for n in enc.__all__ if n[0].isupper()
+                                                   and not n.isupper()}
+    x = torch.linspace(0, 1, 200).unsqueeze(-1) ** 2                   # (T, C) = (200, 1)
+    for f, m in pairs[2:6]:
+        args = {"multi_adm": ((0.5, 1.0),), "filterbank_adm": (100.0,)}.get(f.__name__, (0.5,))
+        kw = {"bands": ((5.0, 15.0),)} if f.__name__ == "filterbank_adm" else {}
+        assert torch.equal(m(x), f(x, *args, **kw))
+    assert torch.equal(enc.LatencyEncoder(4)(x[:3, 0]), enc.latency(x[:3, 0], 4))
 
 
 # --------------------------------------------------------------------------- ADM
@@ -174,3 +224,144 @@ def test_log_mel_encoder_on_chirp():
     assert s.shape == (101, 2 * 20 * 4)
     assert set(s.unique().tolist()) <= {0.0, 1.0} and s.sum() > 0
     assert (enc.spike_rate(s, fs=100.0) <= 100.0).all()    # ≤ frame rate per afferent
+
+
+# --------------------------------------------------------------------------- multi-ADM
+@PROP
+@given(_signals(), st.lists(st.floats(0.05, 10.0), min_size=1, max_size=4))
+def test_multi_adm_equals_stacked_adm(x, thetas):
+    x = torch.from_numpy(x)
+    s = enc.multi_adm(x, thetas)
+    C = x.shape[1]
+    assert s.shape == (x.shape[0], 2 * C * len(thetas))
+    for k, th in enumerate(thetas):
+        assert torch.equal(s[:, 2 * C * k: 2 * C * (k + 1)], enc.adm(x, th))
+    signed = enc.multi_adm(x, thetas, signed=True, init=0.0)
+    assert torch.equal(signed, torch.cat([enc.adm(x, th, signed=True, init=0.0)
+                                          for th in thetas], -1))
+    assert torch.equal(enc.MultiADMEncoder(thetas)(x), s)
+
+
+def test_multi_adm_rejects_empty_or_bad_thresholds():
+    for bad in ([], [0.1, 0.0], [float("nan")]):
+        with pytest.raises(ValueError):
+            enc.multi_adm(torch.zeros(4, 1), bad)
+
+
+def test_multi_adm_equals_ecg_recipe_and_benchmark_on_real_mitbih(shared_data):
+    """ECG recipe ``--encoder multi_adm`` (θ, 3θ, 10θ) and the benchmark's MultiADM."""
+    from bimsnn.data.ecg import MITBIH
+
+    ds = MITBIH(shared_data / "ecg", records=["208"], lead=[0, 1], fs=90)
+    x = torch.stack([ds[i][0] for i in range(0, 400, 7)], dim=1)       # (T, N, 2) mV
+    recipe = _load("recipes/ecg_classification.py")
+    th = 0.03
+    old = recipe.encoder_fn({"encoder": "multi_adm", "spike_threshold": th})(x)
+    assert torch.equal(enc.multi_adm(x, [k * th for k in (1.0, 3.0, 10.0)]), old)
+    MultiADM = _load("benchmarks/_biomed_models.py").MultiADM
+    thetas = (0.03, 0.1, 0.3)
+    for i in range(0, x.shape[1], 10):  # the benchmark encodes one (T, L) beat per item
+        assert torch.equal(enc.MultiADMEncoder(thetas)(x[:, i]), MultiADM(thetas)(x[:, i]))
+    assert old.sum() > 0
+
+
+# --------------------------------------------------------------------------- filterbank ADM
+def test_filterbank_adm_equals_benchmark_on_real_bonn(shared_data):
+    """Time-major FilterbankADMEncoder on (S, N, 1) = the benchmark's class on (N, S, 1),
+    on band-passed Bonn windows as benchmarks/biomed.py prepares them (µV, no z-score)."""
+    from bimsnn.data import Bonn
+    from bimsnn.data.windows import materialize
+
+    bench = _load("benchmarks/_biomed_models.py")
+    ds = Bonn(shared_data / "bonn", sets=("S",), window_s=4.0, stride_s=2.0, l_freq=0.5,
+              h_freq=40.0, normalize=None)
+    idx = range(0, len(ds), 37)
+    raw = torch.stack([ds[i][0] for i in idx])                          # (N, S, 1) µV
+    old_enc = bench.FilterbankADM(ds.sfreq)
+    new_enc = enc.FilterbankADMEncoder(ds.sfreq)
+    assert new_enc.hop == old_enc.hop
+    old = old_enc(raw)                                                  # (N, T, 2·Nb)
+    new = new_enc(raw.movedim(1, 0)).movedim(0, 1)
+    assert new.dtype == old.dtype and torch.equal(new, old)
+    env_old = torch.from_numpy(old_enc.envelope(raw.double().numpy()))
+    env_new = enc.filterbank_envelope(raw.movedim(1, 0), ds.sfreq).movedim(0, 1)
+    torch.testing.assert_close(env_new, env_old, rtol=1e-12, atol=1e-12)
+    for i in (0, len(raw) - 1):                                         # unbatched (S, C)
+        assert torch.equal(new_enc(raw[i]), old_enc(raw[i]))
+    ws = materialize(ds, idx, new_enc)                                  # the recipes' path
+    assert torch.equal(ws.x, old.to(torch.uint8))
+    assert 0.01 < float(old.mean()) < 0.5
+
+
+# --------------------------------------------------------------------------- log-mel
+def _old_encoding_log_mel(waveform, sample_rate, n_mels=40, win_ms=25.0, hop_ms=10.0,
+                          top_db=80.0):
+    """bimsnn.encoding.log_mel before the merge (dB), verbatim but for the checks."""
+    import torchaudio
+
+    w = waveform.mean(0) if waveform.dim() == 2 else waveform
+    n_fft = int(round(sample_rate * win_ms / 1000))
+    mel = torchaudio.transforms.MelSpectrogram(
+        sample_rate, n_fft=n_fft, hop_length=max(1, int(round(sample_rate * hop_ms / 1000))),
+        n_mels=n_mels)(w)
+    return torchaudio.transforms.AmplitudeToDB("power", top_db=top_db)(mel).T.contiguous()
+
+
+def _old_audio_log_mel(wave, sample_rate=16000, n_mels=40, win_ms=25.0, hop_ms=10.0,
+                       f_min=20.0, f_max=None, eps=1e-6):
+    """bimsnn.data.audio.LogMel.features before the merge (natural log), verbatim."""
+    import torchaudio
+
+    win = round(win_ms * sample_rate / 1000)
+    hop = round(hop_ms * sample_rate / 1000)
+    mel = torchaudio.transforms.MelSpectrogram(
+        sample_rate, n_fft=1 << (win - 1).bit_length(), win_length=win, hop_length=hop,
+        f_min=f_min, f_max=f_max, n_mels=n_mels, power=2.0)
+    with torch.no_grad():
+        return torch.log(mel(wave) + eps).T.contiguous()
+
+
+def _close(new, old):
+    assert new.shape == old.shape and new.dtype == old.dtype
+    torch.testing.assert_close(new, old, rtol=1e-6, atol=1e-6 * float(old.abs().max()))
+
+
+def _tone(sr: int, seconds: float = 0.5) -> torch.Tensor:
+    t = torch.arange(int(sr * seconds)) / sr
+    return 0.3 * torch.sin(2 * math.pi * 440.0 * t) + 0.05 * torch.sin(2 * math.pi * 1250.0 * t)
+
+
+@pytest.mark.parametrize("sr", [8000, 16000])
+def test_log_mel_db_and_ln_equal_the_two_old_implementations_on_a_tone(sr):
+    from bimsnn.data.audio import LogMel
+
+    w = _tone(sr)
+    _close(enc.log_mel(w, sr, n_mels=20), _old_encoding_log_mel(w, sr, n_mels=20))
+    _close(enc.log_mel(torch.stack([w, 0.5 * w]), sr),                   # channels averaged
+           _old_encoding_log_mel(torch.stack([w, 0.5 * w]), sr))
+    _close(LogMel(sr, 32, hop_ms=8.0, f_min=50.0).features(w),
+           _old_audio_log_mel(w, sr, 32, hop_ms=8.0, f_min=50.0))
+    _close(LogMel(sr).features(w), _old_audio_log_mel(w, sr))
+
+
+def test_log_mel_equals_the_two_old_implementations_on_real_fsdd(shared_data):
+    from bimsnn.data.audio import FSDD, LogMel
+
+    path = sorted((shared_data / "fsdd" / "recordings").glob("*.wav"))[0]
+    pipe = LogMel(8000, 40, hop_ms=10.0, f_min=50.0)                    # keyword spotting's
+    wave = pipe.load(path)
+    _close(pipe(path), _old_audio_log_mel(wave, 8000, 40, f_min=50.0))
+    _close(FSDD(path.parent, pipeline=pipe)[0][0], _old_audio_log_mel(wave, 8000, 40, f_min=50.0))
+    _close(LogMel(16000).features(LogMel(16000).load(path)),             # resampled 8 → 16 kHz
+           _old_audio_log_mel(LogMel(16000).load(path)))
+    _close(enc.log_mel(wave, 8000, n_mels=20), _old_encoding_log_mel(wave, 8000, n_mels=20))
+    ln = enc.log_mel(wave, 8000, n_fft=256, f_min=50.0, scale="ln")
+    _close(ln, pipe.features(wave))                                     # one implementation
+
+
+def test_log_mel_bad_arguments():
+    for kw in (dict(scale="log10"), dict(n_mels=0), dict(hop_ms=0.0)):
+        with pytest.raises(ValueError):
+            enc.log_mel(torch.zeros(800), 8000, **kw)
+    with pytest.raises(ValueError):
+        enc.log_mel(torch.full((800,), float("nan")), 8000)

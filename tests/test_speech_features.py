@@ -122,3 +122,31 @@ def test_recipe_adds_one_training_copy_per_speed(tmp_path):
     x1, y1, _ = sets["train"][len(idx)]
     assert y0 == y1 and x0.shape == x1.shape and not torch.equal(x0, x1)
     assert torch.equal(sets["test"][0][0], x0)
+
+
+# ---------------------------------------------------------------------------- SpikeCode
+def _old_spike_code(z, levels=4, delta=None, lo=-1.5, hi=1.5):
+    """bimsnn.data.speech_features.SpikeCode.__call__ before it moved to bimsnn.encoding."""
+    lv = torch.linspace(lo, hi, levels) if levels > 1 else torch.zeros(1)
+    out = [(z.unsqueeze(-1) >= lv).flatten(-2)]
+    if delta:
+        d = torch.diff(z, dim=0, prepend=z[:1])
+        out += [d >= delta, d <= -delta]
+    return torch.cat(out, -1).float()
+
+
+@pytest.mark.parametrize("levels,delta", [(1, None), (2, None), (4, 0.3), (6, 0.05), (3, 0.0)])
+def test_spike_code_moved_to_encoding_unchanged(levels, delta):
+    from bimsnn import encoding
+    from bimsnn.data import speech_features
+
+    assert speech_features.SpikeCode is encoding.SpikeCode          # one class, re-exported
+    z = torch.randn(50, 8, generator=torch.Generator().manual_seed(levels))
+    z[10:20] = -10.0                                                   # SpikeSet.SILENCE pad
+    code = encoding.SpikeCode(levels, delta)
+    s = code(z)
+    assert s.shape == (50, code.n_channels(8)) and s.dtype == torch.float32
+    assert torch.equal(s, _old_spike_code(z, levels, delta))
+    assert torch.equal(s, encoding.thermometer(z, levels, delta=delta))
+    assert torch.equal(encoding.SpikeCode(levels, delta, -1.0, 2.0)(z.double()),
+                       _old_spike_code(z.double(), levels, delta, -1.0, 2.0))

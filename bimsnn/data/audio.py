@@ -25,6 +25,7 @@ import torchaudio
 from torch.utils.data import Dataset
 
 from bimsnn.data import DataError
+from bimsnn.encoding import LogMelSpectrogram
 
 Encoder = Callable[[torch.Tensor], torch.Tensor]
 
@@ -79,10 +80,11 @@ class LogMel:
             raise ValueError(f"mono must be 'require' or 'mix', got {mono!r}")
         self.sample_rate, self.eps, self.mono, self.duration_s = sample_rate, eps, mono, duration_s
         win = round(win_ms * sample_rate / 1000)
-        self.hop = round(hop_ms * sample_rate / 1000)
-        self.mel = torchaudio.transforms.MelSpectrogram(
-            sample_rate, n_fft=1 << (win - 1).bit_length(), win_length=win, hop_length=self.hop,
-            f_min=f_min, f_max=f_max, n_mels=n_mels, power=2.0)
+        # the one log-mel (bimsnn.encoding): natural log, FFT zero-padded to a power of two
+        self.logmel = LogMelSpectrogram(sample_rate, n_mels, win_ms, hop_ms,
+                                        n_fft=1 << (win - 1).bit_length(), f_min=f_min,
+                                        f_max=f_max, scale="ln", eps=eps)
+        self.hop = self.logmel.hop
         self._resamplers: dict[int, torch.nn.Module] = {}
 
     def load(self, path, start: int = 0, frames: int = -1, gain: float = 1.0) -> torch.Tensor:
@@ -101,7 +103,7 @@ class LogMel:
     def features(self, wave: torch.Tensor) -> torch.Tensor:
         """``(N,)`` waveform -> ``(T, F)`` log-mel, T = 1 + N // hop."""
         with torch.no_grad():
-            return torch.log(self.mel(wave) + self.eps).T.contiguous()
+            return self.logmel(wave)
 
     def __call__(self, path, start: int = 0, frames: int = -1, gain: float = 1.0) -> torch.Tensor:
         return self.features(self.load(path, start, frames, gain))

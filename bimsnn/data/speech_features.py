@@ -7,7 +7,7 @@ Steps (:func:`load_features`): optional speed perturbation of the waveform (torc
 ``Resample``: pitch, formants and duration all scale, a new "voice", Ko et al. 2015) →
 log-mel (:class:`bimsnn.data.audio.LogMel`) → normalisation (:func:`normalise`) → fixed
 length (:func:`fix_length`) → per item, :class:`SpikeSet` applies augmentation and the
-:class:`SpikeCode` thermometer.
+:class:`~bimsnn.encoding.SpikeCode` thermometer (:func:`bimsnn.encoding.thermometer`).
 
 Normalisation modes, from least to most speaker-robust on FSDD (benchmarks/speech.py):
     global   per utterance: subtract the mean over all bins (loudness), divide by their std;
@@ -21,7 +21,6 @@ Normalisation modes, from least to most speaker-robust on FSDD (benchmarks/speec
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -29,36 +28,10 @@ import torchaudio
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from bimsnn.encoding import SpikeCode  # noqa: F401  (re-export: moved to bimsnn.encoding)
+
 NORMS = ("global", "cmn", "speaker")
 FITS = ("crop", "stretch")
-
-
-@dataclass
-class SpikeCode:
-    """Normalised log-mel (T, F) → spikes (T, F·L [+ 2F]) in {0, 1}: afferent (f, l) is on
-    while band f ≥ level l (L levels evenly in [lo, hi]); ``delta`` adds ON/OFF afferents
-    that fire when a band rises / falls by at least ``delta`` in one frame.
-
-    >>> code = SpikeCode(levels=2)
-    >>> code(torch.tensor([[-2.0], [0.0], [2.0]])).tolist()
-    [[0.0, 0.0], [1.0, 0.0], [1.0, 1.0]]
-    """
-
-    levels: int = 4
-    delta: float | None = None
-    lo: float = -1.5
-    hi: float = 1.5
-
-    def n_channels(self, n_mels: int) -> int:
-        return n_mels * self.levels + (2 * n_mels if self.delta else 0)
-
-    def __call__(self, z: Tensor) -> Tensor:
-        lv = torch.linspace(self.lo, self.hi, self.levels) if self.levels > 1 else torch.zeros(1)
-        out = [(z.unsqueeze(-1) >= lv).flatten(-2)]                   # (T, F·L)
-        if self.delta:
-            d = torch.diff(z, dim=0, prepend=z[:1])
-            out += [d >= self.delta, d <= -self.delta]                 # (T, F) each
-        return torch.cat(out, -1).float()
 
 
 def normalise(logmel: Tensor, mode: str = "global",
