@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def _module(rel: str, name: str):
-    """Import a repo file by path (no sys.path edit by this test); skip once it is gone."""
+    """Import a repo file by its path; skip once the file is gone."""
     path = REPO / rel
     if not path.is_file():
         pytest.skip(f"{rel} no longer exists")

@@ -87,13 +87,3 @@ def test_save_figure_is_atomic(tmp_path):
     assert _is_png(out) and [p.name for p in out.parent.iterdir()] == ["f.png"]
     assert plots.save_figure(fig, tmp_path / "f.svg").read_bytes().lstrip().startswith(b"<?xml")
 
-
-def test_old_report_signatures_still_work(tmp_path):
-    """bimsnn._report (shim until the integration pass) keeps its two old signatures."""
-    from bimsnn._report import plot_raster, plot_roc_pr
-
-    rng = np.random.default_rng(3)
-    assert _is_png(plot_roc_pr(rng.random(30), rng.integers(0, 2, 30), tmp_path / "a.png"))
-    assert _is_png(plot_roc_pr(rng.random((30, 3)), rng.integers(0, 3, 30), tmp_path / "b.png",
-                               ["x", "y", "z"]))
-    assert _is_png(plot_raster(rng.choice([-1, 0, 1], (20, 4)), tmp_path / "c.png", dt=0.5))
