@@ -122,6 +122,27 @@ def classification_metrics(scores, labels, task: str, threshold: float = 0.5,
     return out
 
 
+def score_problem(scores) -> str | None:
+    """Why scores (N,) or (N, K) carry no information, or None: non-finite values (a
+    diverged model) or the same score for every item (a constant model). Reports must say
+    so instead of deriving "0 false alarms" from them.
+
+    >>> score_problem([0.2, 0.7]), score_problem([0.5, 0.5]), score_problem([0.1, float("nan")])
+    (None, 'constant scores (0.5 for all 2 items): the model does not discriminate', 'non-finite scores (1 of 2): the model diverged')
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    if s.size == 0:
+        return "no scores"
+    bad = int((~np.isfinite(s)).reshape(len(s), -1).any(1).sum())
+    if bad:
+        return f"non-finite scores ({bad} of {len(s)}): the model diverged"
+    flat = s.reshape(len(s), -1)
+    if len(s) > 1 and (flat.max(0) == flat.min(0)).all():
+        return (f"constant scores ({flat[0, 0]:.3g} for all {len(s)} items): the model "
+                "does not discriminate")
+    return None
+
+
 def f1_threshold(scores, labels) -> float:
     """The score threshold that maximises F1 on (validation) windows; 0.5 if no window is
     positive (F1 undefined).

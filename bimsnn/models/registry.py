@@ -32,7 +32,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from bimsnn._ckpt import atomic_torch_save, load_checkpoint
+from bimsnn.training.checkpoint import (
+    CheckpointError,
+    atomic_torch_save,
+    check_finite,
+    load_checkpoint,
+    load_state_checked,
+)
 
 FORMAT = 2
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
@@ -153,22 +159,24 @@ def load(path: str | Path, map_location: str | torch.device = "cpu"
     (format-1 files keep their own keys too). Reads with ``weights_only=True``.
 
     Raises:
-        ValueError naming the file: no ``spec`` (e.g. a training ckpt.pt), an unknown
-        format, spec shape or model name, or weights that do not fit the spec.
+        CheckpointError (a ValueError) naming the file: not a checkpoint, no ``spec``
+        (e.g. a training ckpt.pt), an unknown format, spec shape or model name, weights
+        that do not fit the spec (the differing tensors listed), non-finite weights.
     """
     ck = load_checkpoint(path, map_location=map_location)
-    if not isinstance(ck, dict) or "spec" not in ck or "model" not in ck:
-        raise ValueError(f"{path}: not a model file (no 'spec'/'model'); pass the run's "
-                         "model.pt, not ckpt.pt/best.pt")
+    if "spec" not in ck or "model" not in ck:
+        raise CheckpointError(path, "not a model file (no 'spec'/'model'); pass the run's "
+                              "model.pt, not ckpt.pt/best.pt")
     fmt = ck.get("format")
     if fmt not in (1, FORMAT):
-        raise ValueError(f"{path}: unknown model.pt format {fmt!r} (this bimsnn reads 1, 2)")
+        raise CheckpointError(path, f"unknown model.pt format {fmt!r} (this bimsnn reads 1, 2)")
     try:
         model_spec = ck["spec"] if fmt == FORMAT else spec_from_v1(ck["spec"])
         model = _build_quietly(model_spec)
-        model.load_state_dict(ck["model"])
-    except (ValueError, TypeError, RuntimeError) as e:
-        raise ValueError(f"{path}: {e}") from e
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(path, f"cannot rebuild its model ({e})") from None
+    check_finite(ck["model"], path)
+    load_state_checked(model, ck["model"], path)
     out = {**ck, "spec": model_spec}
     if fmt == 1:
         out.setdefault("preprocessing", _preprocessing_v1(ck))

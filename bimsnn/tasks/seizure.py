@@ -1,0 +1,225 @@
+"""Seizure detection pipeline: EEG recordings → spike windows → scores → clinical report.
+
+Symbols: N windows, T steps per window (window_s·sfreq), C EEG channels, 2C ADM afferents
+(ON then OFF), k alarm smoothing (consecutive positive windows).
+
+One preprocessing spec (:class:`SeizurePre`, stored in ``model.pt``) serves training,
+``--eval-only`` scoring and the benchmarks: EDF → band-pass, resample to ``sfreq``, per-file
+robust z-score (CHB-MIT) → windows (``window_s``, hop ``stride_s``) → ADM/delta spikes per
+window (threshold in robust-z units) → model. Bonn segments go through the same path.
+
+Split: whole recordings go to train, val or test (:func:`bimsnn.data.windows.split_recordings`);
+the val split picks the best epoch and the decision threshold (max window-level F1); the
+test split is scored once. Clinical metrics: :func:`bimsnn.metrics.clinical_metrics`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from bimsnn import models
+from bimsnn.data import CHBMIT, Bonn, demo
+from bimsnn.data.windows import WindowSet, materialize, recording_windows, split_recordings
+from bimsnn.encoding import ADMEncoder, DeltaEncoder
+from bimsnn.metrics import classification_metrics, clinical_metrics, f1_threshold, score_problem
+from bimsnn.plots import plot_rasters
+from bimsnn.tasks.common import SPIKING, fmt, md_table, plot_roc_and_pr
+from bimsnn.training import CheckpointError, TrainConfig, distributed, evaluate, write_json
+
+NAN = float("nan")
+CLINICAL = ("sensitivity", "false_alarms_per_hour", "detection_latency_s")
+
+
+@dataclass
+class SeizurePre:
+    """How raw EEG becomes model input (kept in model.pt as a dict)."""
+
+    kind: str = "chbmit"             # chbmit (demo too) | bonn
+    window_s: float = 4.0
+    stride_s: float = 2.0
+    sfreq: float = 32.0
+    l_freq: float | None = 0.5
+    h_freq: float | None = 15.0
+    encoder: str = "adm"             # adm | delta
+    spike_threshold: float = 0.5     # robust-z units
+    smooth_k: int = 2
+    channels: tuple[str, ...] = ()
+
+
+def demo_root(data_dir: str | None, default: Path) -> Path:
+    """The generated CHB-MIT-layout demo, written once under ``default`` (rank 0; others
+    wait), or ``data_dir`` as given."""
+    if data_dir:
+        return Path(data_dir)
+    if distributed.dist_info().is_main:
+        demo.chbmit(default)  # idempotent: returns at once when complete
+    distributed.barrier()
+    return default
+
+
+def open_dataset(pre: SeizurePre, root: Path, patients=None):
+    """CHBMIT (demo too) or Bonn with the preprocessing in ``pre`` (raw windows, no encoder)."""
+    common = dict(window_s=pre.window_s, stride_s=pre.stride_s, l_freq=pre.l_freq,
+                  h_freq=pre.h_freq, sfreq=pre.sfreq)
+    if pre.kind == "bonn":
+        return Bonn(root, **common)
+    return CHBMIT(root, patients=patients, channels=list(pre.channels) or None,
+                  max_cached_files=4, **common)
+
+
+def encoder(pre: SeizurePre):
+    """(T, N, C) float → (T, N, 2C) ON/OFF spikes, each window from its own first sample."""
+    return (ADMEncoder if pre.encoder == "adm" else DeltaEncoder)(pre.spike_threshold)
+
+
+def load_split(pre: SeizurePre, root: Path, *, patients=None, split: str = "recording",
+               test_patients=None, test_frac: float = 0.25, val_frac: float = 0.25,
+               seed: int = 0) -> tuple[object, dict, dict[str, WindowSet]]:
+    """(dataset, {part: recording names}, {part: encoded WindowSet}) for train/val/test."""
+    ds = open_dataset(pre, root, patients)
+    names = split_recordings(ds.meta, split=split, test_patients=test_patients,
+                             test_frac=test_frac, val_frac=val_frac, seed=seed)
+    enc = encoder(pre)
+    sets = {k: materialize(ds, recording_windows(ds.meta, v), enc) for k, v in names.items()}
+    return ds, names, sets
+
+
+def load_all(pre: SeizurePre, root: Path, patients=None) -> tuple[object, WindowSet]:
+    """Every window of ``root`` (``--eval-only``)."""
+    ds = open_dataset(pre, root, patients)
+    return ds, materialize(ds, range(len(ds)), encoder(pre))
+
+
+def seizure_table(ds) -> dict[str, list[tuple[float, float]]]:
+    """{"chbNN/chbNN_MM.edf": [(onset, offset) s, ...]} for CHB-MIT layouts; {} for Bonn."""
+    return {f"{p.parent.name}/{p.name}": [tuple(s) for s in ds.seizures[p]]
+            for p in getattr(ds, "files", []) if hasattr(ds, "seizures")}
+
+
+def score(model, spec: dict, tc: TrainConfig, val, test, pre: SeizurePre, seizures: dict,
+          threshold: float | None = None) -> tuple[dict, dict]:
+    """(metrics, raw test results): threshold from val (max F1) unless given.
+
+    A model whose test scores are non-finite or constant gets ``problem`` set and NaN
+    clinical metrics (never "0 false alarms")."""
+    tcm = replace(tc, rule=tc.rule if spec["name"] in SPIKING else "bptt")
+    if threshold is None:
+        rv = evaluate(model, val, tcm)
+        threshold = f1_threshold(rv["scores"], rv["labels"])
+    rt = evaluate(model, test, tcm)
+    problem = score_problem(rt["scores"])
+    w = classification_metrics(rt["scores"], rt["labels"], "binary", threshold)
+    m = {"auc_roc": w["auc"], "auc_pr": w["ap"], "window": w, "threshold": threshold,
+         "problem": problem}
+    clin = (clinical_metrics(rt["scores"], rt["metas"], threshold, seizures, pre.window_s,
+                             pre.smooth_k) if seizures and problem is None else {})
+    m.update({k: clin.get(k, NAN) for k in CLINICAL})
+    m["clinical"] = clin
+    if problem is not None:
+        m["auc_roc"] = m["auc_pr"] = NAN
+    return m, rt
+
+
+def summary_row(m: dict, **extra) -> dict:
+    """The comparison-table row of one model's :func:`score` metrics."""
+    return {**{k: m[k] for k in ("auc_roc", "auc_pr", *CLINICAL, "threshold", "problem")},
+            **extra}
+
+
+def write_outputs(out: Path, main: dict, rows: dict, curves: dict, test, model,
+                  pre: SeizurePre, info: dict) -> None:
+    """roc.png, pr.png (every model of the run), raster.png, metrics.json, report.md."""
+    plot_roc_and_pr({k: (v["labels"], v["scores"]) for k, v in curves.items()}, out,
+                    "held-out test windows")
+    rt = next(iter(curves.values()))  # the main model's test results
+    ictal = np.flatnonzero(rt["labels"] == 1)
+    if len(ictal) and np.isfinite(rt["scores"]).all():
+        i = int(ictal[np.argmax(rt["scores"][ictal])])  # its most confident ictal window
+        x, _, meta = test[i]
+        panels = [("input (ON|OFF)", x.float())]
+        hid = models.hidden_spikes(model, x)
+        if hid is not None:
+            panels.append(("hidden LIF", hid))
+        where = "/".join(str(meta[k]) for k in ("patient", "file", "set", "segment") if k in meta)
+        plot_rasters(panels, out / "raster.png", f"ictal test window {where} at "
+                     f"{meta['start_s']:.0f} s (score {rt['scores'][i]:.2f})", 1 / pre.sfreq)
+    write_json({**main, "comparison": rows, **info}, out / "metrics.json")
+    (out / "report.md").write_text(report_md(main, rows, pre, info))
+
+
+_CAVEATS = {
+    "demo": "the demo recordings are simulated (CHB-MIT format, not EEG); with a handful of "
+            "test seizures, sensitivity and false-alarm rates have wide error bars.",
+    "chbmit": "with few test seizures, sensitivity and false-alarm rates have wide error bars.",
+    "bonn": "Bonn segments are 23.6 s single-channel excerpts selected by the dataset's "
+            "authors (set S ictal against Z/O/N/F), not continuous recordings: no clinical "
+            "metrics (sensitivity, false alarms, latency) apply.",
+}
+
+
+def report_md(main: dict, rows: dict, pre: SeizurePre, info: dict) -> str:
+    head = ["model", "rule", "epochs", "AUC-ROC", "AUC-PR", "seizure sensitivity",
+            "false alarms/h", "latency (s)", "train (s)"]
+    table = md_table(head, [[n, r["rule"], r.get("epochs"), r["auc_roc"], r["auc_pr"],
+                             r["sensitivity"], r["false_alarms_per_hour"],
+                             r["detection_latency_s"], r.get("train_s")] for n, r in rows.items()])
+    c = main.get("clinical") or {}
+    split, nw, ni = info.get("split", {}), info.get("n_windows", {}), info.get("n_ictal", {})
+    sizes = " / ".join(f"{k} {nw[k]} ({ni.get(k, 0)} ictal)" for k in nw)
+    spec = main["model"]
+    problems = [f"**{n}: {r['problem']}** (its metrics are not reported)"
+                for n, r in rows.items() if r.get("problem")]
+    lines = [f"# Seizure detection: {info['dataset']}", "",
+             f"Data: `{info['data_dir']}`. Windows: {sizes}. {pre.window_s:g} s windows "
+             f"every {pre.stride_s:g} s at {pre.sfreq:g} Hz (band-pass "
+             f"{pre.l_freq}–{pre.h_freq} Hz), {pre.encoder.upper()} spikes at "
+             f"{pre.spike_threshold:g} robust-z → {info.get('n_inputs')} afferents.", "",
+             f"Model: `{spec['name']}` {spec['kwargs']}, rule `{main['rule']}`"
+             + (f" (λ = {main['lam']})" if main["rule"] == "hybrid" else "") + ".",
+             "", f"Test recordings (never trained on): {', '.join(split.get('test', [])) or 'all'}.",
+             f"Validation: {', '.join(split.get('val', [])) or '-'}. "
+             f"Train: {', '.join(split.get('train', [])) or '-'}.", "",
+             "## Held-out test, all models from this run", "", table, "", *problems,
+             f"Threshold per model: max F1 on the validation windows (main model: "
+             f"{fmt(main['threshold'])}). Alarm: {pre.smooth_k} consecutive windows above it.",
+             f"Main model: {c.get('n_detected', 'n/a')}/{c.get('n_seizures', 'n/a')} seizures "
+             f"detected, {c.get('n_false_alarms', 'n/a')} false alarms in "
+             f"{fmt(c.get('interictal_hours'), 2)} interictal hours.", "",
+             "Definitions: a seizure counts as detected if an alarm is on at a window end "
+             "within [onset, offset + window]; latency = that time − onset; a false alarm is "
+             "an alarm run overlapping no seizure (bimsnn.metrics.clinical_metrics).", "",
+             f"Timings: {', '.join(f'{k} {v:.1f} s' for k, v in info.get('timings', {}).items())}.",
+             "", f"Caveats: {_CAVEATS.get(info.get('kind', 'demo'), _CAVEATS['chbmit'])} "
+             "AUCs are over test windows pooled across recordings.", ""]
+    return "\n".join(lines)
+
+
+def print_summary(rows: dict, out: Path, total: float) -> None:
+    for n, r in rows.items():
+        if r.get("problem"):
+            print(f"{n:14s} {r['problem']}")
+            continue
+        print(f"{n:14s} AUC-ROC {fmt(r['auc_roc'])}  AUC-PR {fmt(r['auc_pr'])}  "
+              f"sens {fmt(r['sensitivity'], 2)}  FA/h {fmt(r['false_alarms_per_hour'], 1)}  "
+              f"latency {fmt(r['detection_latency_s'], 1)} s")
+    print(f"wrote {out} in {total:.0f} s")
+
+
+def pre_from_checkpoint(ck: dict, path) -> SeizurePre:
+    """The :class:`SeizurePre` stored in a seizure model.pt (format 1 or 2)."""
+    pre = ck.get("preprocessing")
+    if not isinstance(pre, dict) or "window_s" not in pre:
+        raise CheckpointError(path, "another recipe's model.pt (no EEG preprocessing in it); "
+                              "pass a seizure_detection model.pt")
+    known = {k: v for k, v in pre.items() if k in SeizurePre.__dataclass_fields__}
+    known["channels"] = tuple(known.get("channels") or ())
+    return SeizurePre(**known)
+
+
+def pre_dict(pre: SeizurePre) -> dict:
+    d = asdict(pre)
+    d["channels"] = list(pre.channels)
+    return d
