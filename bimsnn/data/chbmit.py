@@ -312,7 +312,9 @@ class CHBMIT(Dataset):
                 start_s=t0[keep], label=label[keep], overlap_s=ov[keep])))
         meta = pd.concat(rows, ignore_index=True)
         if n_listed and not meta["label"].any():
-            raise DataError(self.root, f"{n_listed} seizure(s) listed but 0 ictal windows: "
+            where = [f"{p.parent.name}/{p.name}" for p in self.files if self.seizures[p]]
+            raise DataError(self.root, f"{n_listed} seizure(s) listed (in {', '.join(where[:3])}"
+                                       f"{', ...' if len(where) > 3 else ''}) but 0 ictal windows: "
                                        f"lower ictal_overlap ({overlap:g}) or window_s "
                                        f"({self.window_s:g} s)")
         meta["recording"] = meta["patient"] + "/" + meta["file"]

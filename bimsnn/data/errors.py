@@ -21,6 +21,7 @@ class DataError(ValueError):
 
     ``DataError(path, problem)``; the one-argument form ``DataError(message)`` also works,
     because PyTorch's DataLoader re-raises worker exceptions as ``type(exc)(message)``.
+    Line breaks inside ``problem`` (from a library's message) are folded into one line.
 
     >>> str(DataError("a/chb01-summary.txt", "line 3: seizure end 9.0 <= start 12.0"))
     'a/chb01-summary.txt: line 3: seizure end 9.0 <= start 12.0'
@@ -30,7 +31,7 @@ class DataError(ValueError):
         if problem is None:  # one-argument form: a full message, no separate path
             path, problem = None, str(path)
         self.path = None if path is None else Path(path)
-        self.problem = problem
+        self.problem = problem = " ".join(str(problem).split())  # one line, for one-line CLI errors
         super().__init__(f"{path}: {problem}" if path is not None else problem)
 
 

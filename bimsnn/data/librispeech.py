@@ -76,9 +76,10 @@ class LibriSpeech(_AudioDataset):
             ids = fileid.split("-")
             if len(ids) != 3 or not all(i.isdigit() for i in ids):
                 raise DataError(trans, f"line {k}: bad utterance id {fileid!r}")
-            if fileid.rpartition("-")[0] != chapter or fileid in listed:
-                raise DataError(trans, f"line {k}: utterance {fileid} is not this chapter's "
-                                       f"({chapter}) or is listed twice")
+            if fileid.rpartition("-")[0] != chapter:
+                raise DataError(trans, f"line {k}: utterance {fileid} is not of chapter {chapter}")
+            if fileid in listed:
+                raise DataError(trans, f"line {k}: utterance {fileid} listed twice")
             if not text.strip():
                 raise DataError(trans, f"line {k}: utterance {fileid} has no transcript")
             path = trans.parent / f"{fileid}{ext_audio}"

@@ -67,7 +67,7 @@ def _read_csv(path: Path, what: str, **kw) -> pd.DataFrame:
 
 
 def _short(value) -> str:
-    text = repr(value)
+    text = repr(value.item() if isinstance(value, np.generic) else value)
     return text if len(text) <= 60 else f"{text[:40]}...({len(text)} characters)"
 
 

@@ -103,7 +103,8 @@ def read_wfdb(record: str | Path, channels: Sequence[int | str] | None = None):
         with _wfdb() as wfdb:
             sig, fields = wfdb.rdsamp(str(record))
     except Exception as err:  # wfdb raises bare ValueError / FileNotFoundError / struct errors
-        raise DataError(record, f"unreadable WFDB record ({type(err).__name__}: {err})") from err
+        raise DataError(record, f"unreadable WFDB record ({type(err).__name__}: {err}); is its "
+                                "signal file complete and as the .hea describes?") from err
     if sig is None or len(sig) == 0:
         raise DataError(record, "no samples")
     names = list(fields["sig_name"])
