@@ -132,13 +132,15 @@ def audio_info(path: str | Path):
         raise DataError(path, f"unreadable audio header ({err})") from err
 
 
-def _window_samples(pipeline) -> int | None:
-    """Analysis window of a LogMel-like pipeline in samples, where it exposes ``win_length``."""
-    for obj in (pipeline, getattr(pipeline, "mel", None)):
-        n = getattr(obj, "win_length", None)
-        if isinstance(n, int):
-            return n
-    return None
+def check_analysis_window(path: str | Path, wave: torch.Tensor, pipeline) -> None:
+    """DataError naming ``path`` if ``wave`` (N,) is shorter than one analysis window of
+    ``pipeline`` (its ``win_length``, or its ``mel.win_length``; no check if it has neither).
+    Call it between ``pipeline.load`` and ``pipeline.features`` when bypassing a dataset."""
+    win = next((n for obj in (pipeline, getattr(pipeline, "mel", None))
+                if isinstance(n := getattr(obj, "win_length", None), int)), None)
+    if win is not None and len(wave) < win:
+        raise DataError(path, f"{len(wave)} samples (after resampling) is shorter than one "
+                              f"{win}-sample analysis window; pad it with duration_s=")
 
 
 class _AudioDataset(Dataset):
@@ -160,10 +162,7 @@ class _AudioDataset(Dataset):
     def __getitem__(self, n: int):
         path, label, meta, segment = self.items[n]
         wave = self.pipeline.load(path, *(segment or ()))  # (N,) at the pipeline's rate
-        win = _window_samples(self.pipeline)
-        if win is not None and len(wave) < win:
-            raise DataError(path, f"{len(wave)} samples (after resampling) is shorter than one "
-                                  f"{win}-sample analysis window; pad it with duration_s=")
+        check_analysis_window(path, wave, self.pipeline)
         try:
             x = self.pipeline.features(wave)  # (T, F)
         except RuntimeError as err:  # the STFT's own length and shape errors
@@ -292,5 +291,5 @@ class AudioFolder(_AudioDataset):
 from bimsnn.data.librispeech import LibriSpeech  # noqa: E402
 from bimsnn.data.speechcommands import SC_WORDS_10, SILENCE, UNKNOWN, SpeechCommands  # noqa: E402
 
-__all__ = ["read_audio", "audio_info", "LogMel", "pad_time_major", "FSDD", "fsdd_split",
+__all__ = ["read_audio", "audio_info", "check_analysis_window", "LogMel", "pad_time_major", "FSDD", "fsdd_split",
            "AudioFolder", "SpeechCommands", "LibriSpeech", "SC_WORDS_10", "SILENCE", "UNKNOWN"]

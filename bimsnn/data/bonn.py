@@ -61,6 +61,7 @@ class Bonn(Dataset):
         if normalize not in ("segment", "window", None):
             raise DataError(self.root, f"normalize must be 'segment', 'window' or None, got {normalize!r}")
         self.encoder, self.normalize = encoder, normalize
+        self.skipped: list = []      # as every loader's; Bonn never skips a segment
         self.sfreq = self.FS if sfreq is None else float(sfreq)
         if not 0 < self.sfreq <= self.FS:
             raise DataError(self.root, f"impossible resampling target sfreq={sfreq} Hz "

@@ -40,7 +40,8 @@ def read_edf_header(path: str | Path) -> dict:
         DataError: not an EDF, corrupt header, record duration or samples per record ≤ 0
         (a sampling rate ≤ 0), no data records, digital min ≥ digital max (inverted or empty
         ADC range), physical min = physical max, or fewer bytes than the header declares.
-        (A physical min > max is legal EDF: it encodes inverted polarity.)
+        (A physical min > max is legal EDF: it encodes inverted polarity. Dummy "-" signals
+        and the EDF+ annotation signal are not checked: no loader reads them as data.)
     """
     path = Path(path)
     try:
@@ -63,6 +64,8 @@ def read_edf_header(path: str | Path) -> dict:
     if not dur > 0:
         raise DataError(path, f"data record duration {dur:g} s: the sampling rate would be ≤ 0")
     for lab, n, (pmin, pmax, dmin, dmax) in zip(labels, spr, ranges):
+        if lab.upper() in _DUMMY:      # dummy "-" signals and EDF+ annotations are never read
+            continue
         if n <= 0:
             raise DataError(path, f"signal {lab!r}: {n} samples per record (sampling rate ≤ 0)")
         if not dmin < dmax:

@@ -226,6 +226,7 @@ class PTBXL(Dataset):
         if sampling_rate not in (100, 500):
             raise ValueError(f"sampling_rate must be 100 or 500, got {sampling_rate}")
         self.sampling_rate, self.task, self.encoder = sampling_rate, task, encoder
+        self.skipped: list = []  # as every loader's; unlabelled records are counted in n_unlabelled
         self.folds = ptbxl_folds(folds)
         db = read_ptbxl_database(self.root / "ptbxl_database.csv")
         labels = aggregate_labels(db["scp_codes"],
