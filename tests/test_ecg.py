@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import torch
 
-from bimsnn.data import DataError
+from bimsnn.data import DataError, DataWarning
 from bimsnn.data._demo_ptbxl import ptbxl as write_demo
 from bimsnn.data.ecg import (
     AAMI_MAP,
@@ -81,7 +81,9 @@ def test_mitbih_windows_are_raw_slices_and_rates_are_pooled(shared_data):
 
 
 def test_mitbih_splits_are_disjoint(shared_data):
-    ds = MITBIH(shared_data / "ecg", fs=360)  # 100, 208, 800
+    with pytest.warns(DataWarning, match="s0010_re: no .atr"):
+        ds = MITBIH(shared_data / "ecg", fs=360)  # 100, 208, 800; the PTB record has no beats
+    assert ds.skipped == [(shared_data / "ecg" / "s0010_re", "no .atr annotation file")]
     tr, te = ds.split_by_record(test_records=["208"])
     assert set(tr).isdisjoint(te) and len(tr) + len(te) == len(ds)
     assert {ds.records[r] for r in ds.beat_record[te]} == {"208"}

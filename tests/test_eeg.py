@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from bimsnn.data import DataError
+from bimsnn.data import DataError, DataWarning
 from bimsnn.data.eeg import (
     CHBMIT,
     Bonn,
@@ -28,6 +28,9 @@ REAL_23 = ["FP1-F7", "F7-T7", "T7-P7", "P7-O1", "FP1-F3", "F3-C3", "C3-P3", "P3-
 CHB05 = {6: (417, 532), 13: (1086, 1196), 16: (2317, 2413), 17: (2451, 2571), 22: (2348, 2465)}
 CHB08 = {2: (2670, 2841), 5: (2856, 3046), 11: (2988, 3122), 13: (2417, 2577), 21: (2083, 2347)}
 CHB08_FILES = [2, 3, 4, 5, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 29]
+# The shared stubs hold 2 s of noise while their real summaries list seizures minutes in:
+# loading them needs the seizures clipped to the file (dropped here), which is done loudly.
+STUBS = dict(seizures_outside="clip")
 
 
 # --------------------------------------------------------------------------- CHB-MIT, real files
@@ -50,21 +53,32 @@ def test_real_edf_headers_keep_duplicate_t8p8(shared_data):
     assert h["sfreq"][0] == 256.0 and h["n_times"][0] == 512
     names = mne.io.read_raw_edf(path, verbose="error").ch_names
     assert names[14] == "T8-P8-0" and names[22] == "T8-P8-1"
-    ds = CHBMIT(shared_data / "eeg_formats/chbmit", patients=["chb05"], window_s=1.0)
+    with pytest.warns(DataWarning, match="past the end"):
+        ds = CHBMIT(shared_data / "eeg_formats/chbmit", patients=["chb05"], window_s=1.0, **STUBS)
     assert ds.channels == [c for i, c in enumerate(REAL_23) if i != 22]   # one T8-P8
     x, y, meta = ds[1]
     assert x.shape == (256, 22) and x.dtype == torch.float32 and y == 0
     assert meta == dict(patient="chb05", file="chb05_01.edf", start_s=1.0)
     raw = mne.io.read_raw_edf(path, preload=True, verbose="error").get_data()    # (23, 512) V
-    ds = CHBMIT(shared_data / "eeg_formats/chbmit", patients=[5], window_s=2.0, normalize=None,
-                channels=["CZ-PZ", "FP1-F7", "T8-P8"])                    # picked in this order
+    with pytest.warns(DataWarning):
+        ds = CHBMIT(shared_data / "eeg_formats/chbmit", patients=[5], window_s=2.0, normalize=None,
+                    channels=["CZ-PZ", "FP1-F7", "T8-P8"], **STUBS)       # picked in this order
     np.testing.assert_allclose(ds[0][0].numpy().T, raw[[17, 0, 14]], rtol=1e-6, atol=1e-12)
 
 
 def test_real_stub_splits_never_share_a_recording(shared_data):
-    ds = CHBMIT(shared_data / "eeg_formats/chbmit", window_s=0.5, sfreq=128, l_freq=1.0,
-                h_freq=40.0, notch_freq=60.0)
+    root = shared_data / "eeg_formats/chbmit"
+    with pytest.raises(DataError, match="past the end of this 2 s recording") as e:
+        CHBMIT(root)                                    # the default refuses the stubs
+    assert e.value.path == root / "chb05" / "chb05_06.edf" and "chb05-summary.txt" in str(e.value)
+    with pytest.warns(DataWarning):
+        ds = CHBMIT(root, window_s=0.5, sfreq=128, l_freq=1.0, h_freq=40.0, notch_freq=60.0,
+                    **STUBS)
     assert len(ds) == (39 + 20) * 4 and ds[0][0].shape == (64, 22)
+    clipped = sorted(p.name for p, _ in ds.skipped)     # every file with a listed seizure
+    assert clipped == sorted([f"chb05_{i:02d}.edf" for i in CHB05] +
+                             [f"chb08_{i:02d}.edf" for i in CHB08])
+    assert not any(ds.seizures.values()) and ds.labels.sum() == 0
     folds = leave_one_patient_out(ds)
     assert [p for p, _, _ in folds] == ["chb05", "chb08"]
     for _, tr, te in folds + [("x", *patient_split(ds, ["chb08"])), ("y", *recording_split(ds))]:
@@ -113,9 +127,9 @@ def test_bonn_accepts_upper_case_txt_and_rejects_nan(tmp_path):
     for s in ("Z", "S"):
         (tmp_path / s).mkdir()
         for i in range(2):
-            np.savetxt(tmp_path / s / f"{s}{i:03d}.TXT", rng.normal(0, 50, 500).round(), fmt="%d")
+            np.savetxt(tmp_path / s / f"{s}{i:03d}.TXT", rng.normal(0, 50, 4097).round(), fmt="%d")
     ds = Bonn(tmp_path, sets=("Z", "S"), window_s=1.0, sfreq=100.0, l_freq=0.5, h_freq=40.0)
-    assert ds.data.shape == (4, 288) and ds.labels.tolist().count(1) == 4
+    assert ds.data.shape == (4, 2360) and ds.labels.tolist().count(1) == 2 * 23
     bad = tmp_path / "S" / "S001.TXT"
     bad.write_text("1\n2\nnan\n4\n")
     with pytest.raises(DataError, match="NaN") as e:
@@ -158,8 +172,9 @@ def test_channel_sets_that_change_between_files(tmp_path):
     with pytest.raises(DataError, match="lacks channels") as e:
         CHBMIT(tmp_path, channels=["fp1-f7", "T8-P8"])
     assert e.value.path == tmp_path / "chb02" / "chb02_01.edf"
-    ds = CHBMIT(tmp_path, channels=["FP1-F7", "T8-P8"], missing_channels="skip", window_s=1.0)
-    assert ds.skipped == [tmp_path / "chb02" / "chb02_01.edf"]
+    with pytest.warns(DataWarning, match="lacks channels"):
+        ds = CHBMIT(tmp_path, channels=["FP1-F7", "T8-P8"], missing_channels="skip", window_s=1.0)
+    assert ds.skipped == [(tmp_path / "chb02" / "chb02_01.edf", "lacks channels ['T8-P8']")]
     assert set(ds.meta["patient"]) == {"chb01"} and ds[0][0].shape == (256, 2)
 
 

@@ -1,31 +1,39 @@
-"""Dataset loaders (EEG, ECG, audio) that emit spike-encoded streams.
+"""Dataset loaders (EEG, ECG, audio) that emit spike-encodable streams.
 
-Every loader raises :class:`DataError` for bad input, naming the file and the problem.
-Modality loaders live in ``bimsnn.data.eeg``, ``bimsnn.data.ecg`` and ``bimsnn.data.audio``;
-``bimsnn.data.demo`` writes the embedded demo datasets in the real file formats.
+Every loader checks what it reads against its dataset's specification and raises
+:class:`DataError` for bad input, naming the file and the problem. Where leaving a file out
+is legitimate it does so loudly (a :class:`DataWarning` each, listed in the dataset's
+``skipped``); ``strict=True`` makes those errors too. Modules, one idea each:
+
+- EEG: :mod:`~bimsnn.data.chbmit` (CHB-MIT), :mod:`~bimsnn.data.bonn`, :mod:`~bimsnn.data.edf`,
+  with the window splits in :mod:`~bimsnn.data.eeg`;
+- ECG: :mod:`~bimsnn.data.ptbxl`, :mod:`~bimsnn.data.mitbih`, :mod:`~bimsnn.data.wfdb_io`
+  (one namespace: :mod:`~bimsnn.data.ecg`);
+- audio: :mod:`~bimsnn.data.audio` (log-mel pipeline, FSDD, class folders),
+  :mod:`~bimsnn.data.speechcommands`, :mod:`~bimsnn.data.librispeech`;
+- :mod:`~bimsnn.data.errors` and :mod:`~bimsnn.data.files` (strict text, atomic writes,
+  verified downloads, safe extraction); :mod:`~bimsnn.data.demo` writes demo datasets in the
+  real file formats.
 """
 
-from __future__ import annotations
-
-from pathlib import Path
-
-
-class DataError(ValueError):
-    """Bad or missing input data. The message names the file and the problem.
-
-    ``DataError(path, problem)``; the one-argument form ``DataError(message)`` also works,
-    because PyTorch's DataLoader re-raises worker exceptions as ``type(exc)(message)``.
-    """
-
-    def __init__(self, path: str | Path | None, problem: str | None = None):
-        if problem is None:  # one-argument form: a full message, no separate path
-            path, problem = None, str(path)
-        self.path = None if path is None else Path(path)
-        self.problem = problem
-        super().__init__(f"{path}: {problem}" if path is not None else problem)
-
-
-from bimsnn.data.eeg import (  # noqa: E402  (eeg imports DataError from here)
+from bimsnn.data.audio import (
+    FSDD,
+    AudioFolder,
+    LibriSpeech,
+    LogMel,
+    SpeechCommands,
+    pad_time_major,
+    read_audio,
+)
+from bimsnn.data.ecg import (
+    MITBIH,
+    PTBXL,
+    read_annotations,
+    read_ptbxl_database,
+    read_scp_statements,
+    read_wfdb,
+)
+from bimsnn.data.eeg import (
     CHBMIT,
     Bonn,
     leave_one_patient_out,
@@ -34,14 +42,29 @@ from bimsnn.data.eeg import (  # noqa: E402  (eeg imports DataError from here)
     read_edf_header,
     recording_split,
 )
+from bimsnn.data.errors import DataError, DataWarning
 
 __all__ = [
     "CHBMIT",
+    "FSDD",
+    "MITBIH",
+    "PTBXL",
+    "AudioFolder",
     "Bonn",
     "DataError",
+    "DataWarning",
+    "LibriSpeech",
+    "LogMel",
+    "SpeechCommands",
     "leave_one_patient_out",
+    "pad_time_major",
     "parse_chbmit_summary",
     "patient_split",
+    "read_annotations",
+    "read_audio",
     "read_edf_header",
+    "read_ptbxl_database",
+    "read_scp_statements",
+    "read_wfdb",
     "recording_split",
 ]

@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bimsnn.data.ecg import _wfdb
+from bimsnn.data.wfdb_io import _wfdb
 
 LEADS = ["I", "II", "III", "AVR", "AVL", "AVF", "V1", "V2", "V3", "V4", "V5", "V6"]
 SUPERCLASSES = ("NORM", "MI", "STTC", "CD", "HYP")

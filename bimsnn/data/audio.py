@@ -12,7 +12,6 @@ Bad files raise :class:`~bimsnn.data.DataError` naming the file and the problem.
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -24,7 +23,7 @@ import torch
 import torchaudio
 from torch.utils.data import Dataset
 
-from bimsnn.data import DataError
+from bimsnn.data.errors import DataError
 from bimsnn.encoding import LogMelSpectrogram
 
 Encoder = Callable[[torch.Tensor], torch.Tensor]
@@ -39,13 +38,15 @@ def read_audio(path: str | Path, mono: str = "require", start: int = 0, frames: 
     Returns:
         ``(wave, sample_rate)``, wave ``(N,)`` float32 numpy in [-1, 1].
     Raises:
-        DataError: unreadable file, no samples, several channels under ``"require"``, non-finite
-        samples.
+        DataError: unreadable file, sampling rate ≤ 0, no samples, several channels under
+        ``"require"``, non-finite samples.
     """
     path = Path(path)
     try:
         with sf.SoundFile(str(path)) as f:
             channels, rate, total = f.channels, f.samplerate, f.frames
+            if rate <= 0:
+                raise DataError(path, f"sampling rate {rate} Hz must be > 0")
             if total == 0:
                 raise DataError(path, "empty audio file (0 samples)")
             if channels > 1 and mono == "require":
@@ -125,19 +126,49 @@ def pad_time_major(batch, value: float = 0.0):
     return x, labels if isinstance(labels, torch.Tensor) else list(labels), list(metas), lengths
 
 
-class _AudioDataset(Dataset):
-    """Items are ``(path, label, meta, segment)``; segment None or (start, frames, gain)."""
+def audio_info(path: str | Path):
+    """soundfile header of ``path`` (no samples read); DataError naming an unreadable file."""
+    try:
+        return sf.info(str(path))
+    except (sf.LibsndfileError, RuntimeError) as err:
+        raise DataError(path, f"unreadable audio header ({err})") from err
 
-    def __init__(self, pipeline: LogMel, encoder: Encoder | None):
-        self.pipeline, self.encoder = pipeline, encoder
+
+def check_analysis_window(path: str | Path, wave: torch.Tensor, pipeline) -> None:
+    """DataError naming ``path`` if ``wave`` (N,) is shorter than one analysis window of
+    ``pipeline`` (its ``win_length``, or its ``mel.win_length``; no check if it has neither).
+    Call it between ``pipeline.load`` and ``pipeline.features`` when bypassing a dataset."""
+    win = next((n for obj in (pipeline, getattr(pipeline, "mel", None))
+                if isinstance(n := getattr(obj, "win_length", None), int)), None)
+    if win is not None and len(wave) < win:
+        raise DataError(path, f"{len(wave)} samples (after resampling) is shorter than one "
+                              f"{win}-sample analysis window; pad it with duration_s=")
+
+
+class _AudioDataset(Dataset):
+    """Items are ``(path, label, meta, segment)``; segment None or (start, frames, gain).
+
+    ``skipped`` lists ``(path, reason)`` of what a subclass left out loudly (``strict=True``
+    raises instead). A waveform shorter than one analysis window is a DataError naming the file
+    (torch's STFT would fail deep inside otherwise).
+    """
+
+    def __init__(self, pipeline: LogMel, encoder: Encoder | None, strict: bool = False):
+        self.pipeline, self.encoder, self.strict = pipeline, encoder, bool(strict)
         self.items: list[tuple[Path, object, dict, tuple | None]] = []
+        self.skipped: list[tuple[Path, str]] = []
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, n: int):
         path, label, meta, segment = self.items[n]
-        x = self.pipeline(path, *(segment or ()))  # (T, F)
+        wave = self.pipeline.load(path, *(segment or ()))  # (N,) at the pipeline's rate
+        check_analysis_window(path, wave, self.pipeline)
+        try:
+            x = self.pipeline.features(wave)  # (T, F)
+        except RuntimeError as err:  # the STFT's own length and shape errors
+            raise DataError(path, f"no log-mel features ({err})") from err
         return (self.encoder(x) if self.encoder else x), label, dict(meta)
 
     def headers(self) -> pd.DataFrame:
@@ -145,10 +176,7 @@ class _AudioDataset(Dataset):
         frames. Raises DataError for an unreadable file."""
         rows = []
         for path in dict.fromkeys(p for p, *_ in self.items):
-            try:
-                info = sf.info(str(path))
-            except (sf.LibsndfileError, RuntimeError) as err:
-                raise DataError(path, f"unreadable audio header ({err})") from err
+            info = audio_info(path)
             rows.append({"path": path, "samplerate": info.samplerate,
                          "channels": info.channels, "frames": info.frames})
         return pd.DataFrame(rows)
@@ -239,141 +267,6 @@ class FSDD(_AudioDataset):
         return np.flatnonzero(~test), np.flatnonzero(test)
 
 
-# ------------------------------------------------------------------------------ Speech Commands
-SC_WORDS_10 = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
-SILENCE, UNKNOWN = "_silence_", "_unknown_"
-
-
-class SpeechCommands(_AudioDataset):
-    """Google Speech Commands v2 (Warden 2018): ``<word>/<speaker>_nohash_<n>.wav``, 16 kHz, 1 s.
-
-    Args:
-        root: the extracted folder (holding ``validation_list.txt``), or torchaudio's layout
-            ``root/SpeechCommands/speech_commands_v0.02``.
-        subset: None (all), ``"training"``, ``"validation"`` or ``"testing"``; validation/testing
-            from the official lists, training = the rest (as torchaudio).
-        classes: ``"all35"``: one class per word folder (35 in v2), sorted. ``"v2_12"``: the
-            12-class KWS task of the TensorFlow recipe: ``[_silence_, _unknown_, yes, no, up, down,
-            left, right, on, off, stop, go]``; the other words become ``_unknown_``, subsampled to
-            ``unknown_percentage`` % of the 10-word item count, and ``silence_percentage`` % silence
-            items are added: a random 1-s excerpt of a random ``_background_noise_`` clip scaled by
-            a random gain in [0, 1] (the TF recipe mixes noise at run time instead). Both draws are
-            seeded, so a subset is fixed.
-        duration_s: clips are zero-padded to 1 s by default (fixed T = 101 at 10 ms hops).
-
-    ``__getitem__(n)`` returns ``(features, label, meta)``: features ``(T, F)`` log-mel or
-    ``encoder(features)``; label int index into ``classes``; meta ``path``, ``word``, ``speaker``,
-    ``utterance`` (None for silence).
-    """
-
-    def __init__(self, root: str | Path, subset: str | None = None, classes: str = "all35",
-                 silence_percentage: float = 10.0, unknown_percentage: float = 10.0,
-                 seed: int = 0, sample_rate: int = 16000, n_mels: int = 40,
-                 duration_s: float | None = 1.0, encoder: Encoder | None = None,
-                 pipeline: LogMel | None = None, download: bool = False):
-        super().__init__(pipeline or LogMel(sample_rate, n_mels, duration_s=duration_s), encoder)
-        root = Path(root)
-        if download:
-            torchaudio.datasets.SPEECHCOMMANDS(str(root), download=True)  # fetch + extract only
-        base = root
-        if not (base / "validation_list.txt").is_file():
-            base = root / "SpeechCommands" / "speech_commands_v0.02"
-        lists = {}
-        for name in ("validation", "testing"):
-            path = base / f"{name}_list.txt"
-            if not path.is_file():
-                raise DataError(path, "Speech Commands split list not found")
-            lists[name] = {ln.strip() for ln in path.read_text().splitlines() if ln.strip()}
-        if subset not in (None, "training", "validation", "testing"):
-            raise ValueError(f"subset must be None/'training'/'validation'/'testing', got {subset!r}")
-        words = sorted(p.name for p in base.iterdir() if p.is_dir() and not p.name.startswith("_"))
-        if classes == "all35":
-            self.classes = words
-        elif classes == "v2_12":
-            self.classes = [SILENCE, UNKNOWN, *SC_WORDS_10]
-        else:
-            raise ValueError(f"classes must be 'all35' or 'v2_12', got {classes!r}")
-        known, unknown = [], []
-        for word in words:
-            for path in sorted((base / word).glob("*.wav")):
-                rel = f"{word}/{path.name}"
-                where = next((k for k, v in lists.items() if rel in v), "training")
-                if subset is not None and where != subset:
-                    continue
-                speaker, _, utt = path.stem.partition("_nohash_")
-                meta = {"path": str(path), "word": word, "speaker": speaker,
-                        "utterance": int(utt) if utt.isdigit() else None}
-                if word in self.classes:
-                    known.append((path, self.classes.index(word), meta, None))
-                else:
-                    unknown.append((path, self.classes.index(UNKNOWN), meta, None))
-        self.items = list(known)
-        if classes == "v2_12":  # TF recipe sizes: a percentage of the 10-word item count
-            rng = np.random.default_rng([seed, ("all", "training", "validation",
-                                                "testing").index(subset or "all")])
-            n_unk = math.ceil(len(known) * unknown_percentage / 100)
-            self.items += [unknown[i] for i in sorted(rng.permutation(len(unknown))[:n_unk])]
-            self.items += self._silence(base, math.ceil(len(known) * silence_percentage / 100), rng)
-
-    def _silence(self, base: Path, n: int, rng: np.random.Generator) -> list:
-        if n == 0:
-            return []
-        noise = sorted((base / "_background_noise_").glob("*.wav"))
-        if not noise:
-            raise DataError(base / "_background_noise_", "no noise clips for _silence_ items")
-        infos = [sf.info(str(p)) for p in noise]
-        items = []
-        for _ in range(n):
-            k = int(rng.integers(len(noise)))
-            frames = min(infos[k].samplerate, infos[k].frames)  # 1 s at the file's rate
-            start = int(rng.integers(0, infos[k].frames - frames + 1))
-            gain = float(rng.uniform(0.0, 1.0))
-            meta = {"path": str(noise[k]), "word": SILENCE, "speaker": None, "utterance": None}
-            items.append((noise[k], 0, meta, (start, frames, gain)))
-        return items
-
-
-# ---------------------------------------------------------------------------------- LibriSpeech
-class LibriSpeech(_AudioDataset):
-    """LibriSpeech (Panayotov et al. 2015): ``<root>/LibriSpeech/<url>/<spk>/<chapter>/``
-    ``<spk>-<chapter>-<utt>.flac`` with ``<spk>-<chapter>.trans.txt`` (``<utt-id> TRANSCRIPT``).
-
-    The metadata logic is torchaudio's ``_get_librispeech_metadata`` (split each transcript line
-    on its first space), but each ``.trans.txt`` is parsed once and audio is read by soundfile.
-
-    ``__getitem__(n)`` returns ``(features, transcript, meta)``: features ``(T, F)`` log-mel or
-    ``encoder(features)``; transcript str; meta ``path``, ``speaker_id``, ``chapter_id``,
-    ``utterance_id`` (ints).
-    """
-
-    def __init__(self, root: str | Path, url: str = "train-clean-100",
-                 folder_in_archive: str = "LibriSpeech", ext_audio: str = ".flac",
-                 sample_rate: int = 16000, n_mels: int = 40, encoder: Encoder | None = None,
-                 pipeline: LogMel | None = None, download: bool = False):
-        super().__init__(pipeline or LogMel(sample_rate, n_mels), encoder)
-        root = Path(root)
-        if download:
-            torchaudio.datasets.LIBRISPEECH(str(root), url=url, download=True)
-        base = root / folder_in_archive / url
-        transcripts = sorted(base.glob("*/*/*.trans.txt"))
-        if not transcripts:
-            raise DataError(base, "no <speaker>/<chapter>/*.trans.txt files")
-        for trans in transcripts:
-            for k, line in enumerate(trans.read_text().splitlines(), start=1):
-                if not line.strip():
-                    continue
-                fileid, _, text = line.strip().partition(" ")
-                ids = fileid.split("-")
-                if len(ids) != 3 or not all(i.isdigit() for i in ids):
-                    raise DataError(trans, f"line {k}: bad utterance id {fileid!r}")
-                path = trans.parent / f"{fileid}{ext_audio}"
-                if not path.is_file():
-                    raise DataError(path, f"audio listed in {trans.name} line {k} not found")
-                meta = {"path": str(path), "speaker_id": int(ids[0]), "chapter_id": int(ids[1]),
-                        "utterance_id": int(ids[2])}
-                self.items.append((path, text, meta, None))
-
-
 # ---------------------------------------------------------------------------------- AudioFolder
 class AudioFolder(_AudioDataset):
     """``root/<class>/*.wav|flac|ogg``: class = subfolder name (sorted, like torchvision's
@@ -393,3 +286,12 @@ class AudioFolder(_AudioDataset):
                 self.items.append((path, k, {"path": str(path), "class": name}, None))
         if not self.items:
             raise DataError(root, f"no {'/'.join(extensions)} files in class subfolders")
+
+
+# Speech Commands and LibriSpeech live in their own modules; re-exported here (one audio
+# namespace). Imported last: they build on the classes above.
+from bimsnn.data.librispeech import LibriSpeech  # noqa: E402
+from bimsnn.data.speechcommands import SC_WORDS_10, SILENCE, UNKNOWN, SpeechCommands  # noqa: E402
+
+__all__ = ["read_audio", "audio_info", "check_analysis_window", "LogMel", "pad_time_major", "FSDD", "fsdd_split",
+           "AudioFolder", "SpeechCommands", "LibriSpeech", "SC_WORDS_10", "SILENCE", "UNKNOWN"]

@@ -17,7 +17,8 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from bimsnn.data import DataError
+from bimsnn.data.errors import DataError
+from bimsnn.data.files import read_text
 
 __all__ = ["Bonn"]
 
@@ -31,7 +32,9 @@ class Bonn(Dataset):
     """Bonn EEG (Andrzejak et al. 2001): 5 sets × 100 single-channel 23.6 s segments.
 
     Layout: ``root/{Z,O,N,F,S}/*.txt`` (or ``*.TXT``), one sample per line, 173.61 Hz.
-    Label 1 for set S (ictal), 0 otherwise; ``meta["set"]`` keeps the set.
+    Label 1 for set S (ictal), 0 otherwise; ``meta["set"]`` keeps the set. Every segment must
+    hold exactly :attr:`N_SAMPLES` = 4097 finite numbers (the published specification): a
+    shorter or longer file is a DataError naming it, never a reason to cut the others.
 
     Args:
         window_s, stride_s: None = the whole segment (4097 samples).
@@ -42,6 +45,7 @@ class Bonn(Dataset):
     """
 
     FS = 173.61
+    N_SAMPLES = 4097
     SETS = ("Z", "O", "N", "F", "S")
 
     def __init__(self, root, sets: Sequence[str] = SETS, window_s: float | None = None,
@@ -57,6 +61,7 @@ class Bonn(Dataset):
         if normalize not in ("segment", "window", None):
             raise DataError(self.root, f"normalize must be 'segment', 'window' or None, got {normalize!r}")
         self.encoder, self.normalize = encoder, normalize
+        self.skipped: list = []      # as every loader's; Bonn never skips a segment
         self.sfreq = self.FS if sfreq is None else float(sfreq)
         if not 0 < self.sfreq <= self.FS:
             raise DataError(self.root, f"impossible resampling target sfreq={sfreq} Hz "
@@ -69,12 +74,15 @@ class Bonn(Dataset):
             files = [] if d is None else sorted(p for p in d.iterdir() if p.suffix.lower() == ".txt")
             if not files:
                 raise DataError(self.root / s, f"no *.txt segments. {_BONN_HELP}")
+            stems = [p.stem.upper() for p in files]
+            if len(set(stems)) < len(stems):
+                dup = sorted({n for n in stems if stems.count(n) > 1})
+                raise DataError(d, f"segments {dup} appear twice (names differ only in case)")
             for p in files:
                 segs.append(self._read(p))
                 names.append(p.stem.upper())
                 set_of.append(s)
-        n = min(len(x) for x in segs)
-        data = np.stack([x[:n] for x in segs])                      # (S, N) µV
+        data = np.stack(segs)                                       # (S, N) µV
         if l_freq is not None or h_freq is not None:
             data = mne.filter.filter_data(data, self.FS, l_freq, h_freq, verbose="error")
         if self.sfreq != self.FS:
@@ -97,17 +105,21 @@ class Bonn(Dataset):
         self.labels = self.meta["label"].to_numpy()
         self._win = win
 
-    @staticmethod
-    def _read(path: Path) -> np.ndarray:
+    @classmethod
+    def _read(cls, path: Path) -> np.ndarray:
+        text = read_text(path, "Bonn segment")
         try:
-            x = np.array(path.read_text(encoding="latin-1").split(), dtype=np.float64)
-        except (OSError, ValueError) as e:
+            x = np.array(text.split(), dtype=np.float64)
+        except ValueError as e:
             raise DataError(path, f"unreadable segment ({e})") from e
         if x.size == 0:
             raise DataError(path, "empty segment")
         if not np.isfinite(x).all():
             raise DataError(path, f"{int((~np.isfinite(x)).sum())} NaN/inf samples "
                                   f"(first at line {int(np.argmax(~np.isfinite(x))) + 1})")
+        if x.size != cls.N_SAMPLES:
+            raise DataError(path, f"{x.size} samples; Bonn segments hold {cls.N_SAMPLES} "
+                                  f"({cls.N_SAMPLES / cls.FS:.1f} s at {cls.FS} Hz)")
         return x
 
     def __len__(self) -> int:

@@ -12,12 +12,12 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
-from bimsnn.data import DataError
+from bimsnn.data.errors import DataError
+from bimsnn.data.files import atomic_write, read_text
 
 __all__ = ["chbmit", "ptbxl", "DEMO_CHANNELS"]
 
@@ -208,9 +208,8 @@ def _write_edf(path: Path, bipolar: np.ndarray, start: dt.datetime) -> None:
            for name, x in zip(DEMO_CHANNELS, bipolar)]
     edf = edfio.Edf(sig, patient=edfio.Patient(), starttime=start.time(),
                     recording=edfio.Recording(startdate=start.date()), data_record_duration=1.0)
-    tmp = path.with_name(path.name + ".tmp")
-    edf.write(tmp)
-    os.replace(tmp, path)                                              # atomic
+    with atomic_write(path) as tmp:        # unique temporary name: concurrent writers never clash
+        edf.write(tmp)
 
 
 def _summary(files: list[tuple[str, dt.datetime, float, list]], numbered: bool) -> str:
@@ -228,9 +227,8 @@ def _summary(files: list[tuple[str, dt.datetime, float, list]], numbered: bool) 
 
 
 def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        tmp.write_text(text)
 
 
 def chbmit(root, n_patients: int = 2, seed: int = 0, files_per_patient: int = 3,
@@ -274,11 +272,17 @@ def chbmit(root, n_patients: int = 2, seed: int = 0, files_per_patient: int = 3,
         raise DataError(root, f"bad demo parameters {params}")
     info_path = root / "DEMO_INFO.json"
     if info_path.is_file():
-        info = json.loads(info_path.read_text())
-        if info["params"] == params and all((root / f).is_file() for f in info["seizures"]):
+        try:
+            info = json.loads(read_text(info_path, "demo marker"))
+            old, files = info["params"], list(info["seizures"])
+        except DataError:
+            raise
+        except (ValueError, KeyError, TypeError) as e:
+            raise DataError(info_path, f"unreadable demo marker ({e}); delete it to rebuild") from e
+        if old == params and all((root / f).is_file() for f in files):
             return root                                                # complete: idempotent
-        if info["params"] != params and not overwrite:
-            raise DataError(info_path, f"holds a demo with {info['params']}, not {params}; "
+        if old != params and not overwrite:
+            raise DataError(info_path, f"holds a demo with {old}, not {params}; "
                                        "use another root or overwrite=True")
         info_path.unlink()
     file_s = params["minutes_per_file"] * 60
