@@ -191,19 +191,6 @@ def test_clinical_metrics_hand_made_timeline():
     assert math.isnan(clinical_metrics(scores, metas, 0.5, {}, 4.0, 2)["sensitivity"])
 
 
-def test_clinical_metrics_same_as_the_seizure_recipe():
-    sz = _module("recipes/seizure_detection.py", "_old_recipe_seizure_detection")
-    rng = np.random.default_rng(1)
-    scores, metas, seizures = _timeline()
-    scores = rng.random(len(scores))
-    for th, k in ((0.3, 1), (0.5, 2), (0.7, 3), (0.99, 2)):
-        new = clinical_metrics(scores, metas, th, seizures, 4.0, k)
-        old = sz.clinical_metrics(scores, metas, th, seizures, 4.0, k)
-        assert new.keys() == old.keys()
-        for key, v in old.items():               # NaN where undefined, in both
-            assert new[key] == v or (math.isnan(v) and math.isnan(new[key])), key
-
-
 # ---------------------------------------------------------------- CTC, error rates, entropy
 def test_ctc_greedy_by_hand():
     assert ctc_collapse([0, 1, 1, 0, 1, 2, 2]) == [1, 1, 2]

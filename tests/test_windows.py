@@ -157,19 +157,23 @@ def _meta(seed: int, patient: bool = True) -> pd.DataFrame:
 
 
 @pytest.mark.parametrize("seed", range(12))
-def test_split_recordings_equals_seizure_recipe(seed):
-    old = _old("recipes/seizure_detection.py", "split_recordings")
-    Config = _load("recipes/seizure_detection.py").SeizureConfig
+def test_split_recordings_keeps_recordings_whole_and_deals_seizures(seed):
     meta = _meta(seed, patient=seed % 3 != 0)
     fracs = [(0.25, 0.25), (0.3, 0.1), (0.5, 0.0)][seed % 3]
-    kw = dict(test_frac=fracs[0], val_frac=fracs[1])
-    assert (W.split_recordings(meta, seed=seed, **kw)
-            == old(meta, Config(split="recording", **kw), seed))
+    names = W.split_recordings(meta, seed=seed, test_frac=fracs[0], val_frac=fracs[1])
+    parts = {k: set(v) for k, v in names.items()}
+    assert not (parts["train"] & parts["val"] or parts["train"] & parts["test"]
+                or parts["val"] & parts["test"])
+    assert set().union(*parts.values()) == set(meta["recording"])
+    ictal = set(meta.loc[meta["label"] == 1, "recording"])
+    if len(ictal) >= 3:                       # seizures dealt to every side that can hold one
+        assert parts["train"] & ictal and parts["test"] & ictal
+        assert fracs[1] == 0 or parts["val"] & ictal
+    assert names == W.split_recordings(meta, seed=seed, test_frac=fracs[0], val_frac=fracs[1])
     if "patient" in meta:
-        pats = sorted(meta["patient"].unique())
-        for held in (None, pats[:1]):
-            assert (W.split_recordings(meta, split="patient", test_patients=held, seed=seed, **kw)
-                    == old(meta, Config(split="patient", test_patients=held, **kw), seed))
+        held = sorted(meta["patient"].unique())[:1]
+        by_patient = W.split_recordings(meta, split="patient", test_patients=held, seed=seed)
+        assert {r.split("/")[0] for r in by_patient["test"]} == set(held)
 
 
 def test_split_recordings_rejects_bad_patients():
@@ -187,24 +191,6 @@ def test_recording_windows():
     assert sorted(np.concatenate(parts).tolist()) == list(range(len(meta)))
     for v, idx in zip(names.values(), parts):
         assert set(meta["recording"].iloc[idx]) == set(v)
-
-
-def test_eeg_splits_equal_data_eeg_on_real_chbmit(shared_data):
-    ds = eeg.CHBMIT(shared_data / "eeg_formats/chbmit", window_s=0.5, sfreq=128, l_freq=1.0,
-                    h_freq=40.0)
-    for seed in range(3):
-        for size in (0.2, 0.5):
-            for a, b in zip(W.recording_split(ds, size, seed), eeg.recording_split(ds, size, seed)):
-                assert np.array_equal(a, b)
-    for a, b in zip(W.patient_split(ds, ["chb08"]), eeg.patient_split(ds, ["chb08"])):
-        assert np.array_equal(a, b)
-    new, old = W.leave_one_patient_out(ds), eeg.leave_one_patient_out(ds)
-    assert [f[0] for f in new] == [f[0] for f in old] == ["chb05", "chb08"]
-    for f, g in zip(new, old):
-        assert np.array_equal(f[1], g[1]) and np.array_equal(f[2], g[2])
-    old_names = _old("recipes/seizure_detection.py", "split_recordings")(
-        ds.meta, _load("recipes/seizure_detection.py").SeizureConfig(), 0)
-    assert W.split_recordings(ds.meta, seed=0) == old_names
 
 
 def test_recording_split_of_a_meta_frame_equals_benchmark_sub_view(shared_data):

@@ -6,11 +6,14 @@ is legitimate it does so loudly (a :class:`DataWarning` each, listed in the data
 ``skipped``); ``strict=True`` makes those errors too. Modules, one idea each:
 
 - EEG: :mod:`~bimsnn.data.chbmit` (CHB-MIT), :mod:`~bimsnn.data.bonn`, :mod:`~bimsnn.data.edf`,
-  with the window splits in :mod:`~bimsnn.data.eeg`;
+  re-exported together by :mod:`~bimsnn.data.eeg`;
 - ECG: :mod:`~bimsnn.data.ptbxl`, :mod:`~bimsnn.data.mitbih`, :mod:`~bimsnn.data.wfdb_io`
   (one namespace: :mod:`~bimsnn.data.ecg`);
 - audio: :mod:`~bimsnn.data.audio` (log-mel pipeline, FSDD, class folders),
   :mod:`~bimsnn.data.speechcommands`, :mod:`~bimsnn.data.librispeech`;
+- text: :mod:`~bimsnn.data.text` (vocabulary, the WikiText layout, LM windows);
+- :mod:`~bimsnn.data.windows`: encoded windows held in memory and the splits (by recording,
+  patient or time) every recipe and benchmark uses;
 - :mod:`~bimsnn.data.errors` and :mod:`~bimsnn.data.files` (strict text, atomic writes,
   verified downloads, safe extraction); :mod:`~bimsnn.data.demo` writes demo datasets in the
   real file formats.
@@ -43,6 +46,15 @@ from bimsnn.data.eeg import (
     recording_split,
 )
 from bimsnn.data.errors import DataError, DataWarning
+from bimsnn.data.text import LMWindows, Vocab, collate_lm, read_wikitext, write_embedded_corpus
+from bimsnn.data.windows import (
+    WindowSet,
+    materialize,
+    record_split,
+    recording_windows,
+    split_recordings,
+    time_split,
+)
 
 __all__ = [
     "CHBMIT",
@@ -53,10 +65,15 @@ __all__ = [
     "Bonn",
     "DataError",
     "DataWarning",
+    "LMWindows",
     "LibriSpeech",
     "LogMel",
     "SpeechCommands",
+    "Vocab",
+    "WindowSet",
+    "collate_lm",
     "leave_one_patient_out",
+    "materialize",
     "pad_time_major",
     "parse_chbmit_summary",
     "patient_split",
@@ -66,5 +83,11 @@ __all__ = [
     "read_ptbxl_database",
     "read_scp_statements",
     "read_wfdb",
+    "read_wikitext",
+    "record_split",
     "recording_split",
+    "recording_windows",
+    "split_recordings",
+    "time_split",
+    "write_embedded_corpus",
 ]

@@ -85,7 +85,7 @@ class LogMel:
         self.logmel = LogMelSpectrogram(sample_rate, n_mels, win_ms, hop_ms,
                                         n_fft=1 << (win - 1).bit_length(), f_min=f_min,
                                         f_max=f_max, scale="ln", eps=eps)
-        self.hop = self.logmel.hop
+        self.hop, self.win_length = self.logmel.hop, win   # win: shortest analysable input
         self._resamplers: dict[int, torch.nn.Module] = {}
 
     def load(self, path, start: int = 0, frames: int = -1, gain: float = 1.0) -> torch.Tensor:

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from bimsnn.data import DataError
+from bimsnn.data.errors import DataError
 
 __all__ = ["SPLITS", "UNK", "EOS", "LEVELS", "Vocab", "tokenize", "wikitext_paths",
            "read_wikitext", "write_embedded_corpus", "LMWindows", "collate_lm"]

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from bimsnn.data import DataError
+from bimsnn.data.errors import DataError
 
 __all__ = ["WindowSet", "materialize", "recording_split", "patient_split",
            "leave_one_patient_out", "split_recordings", "recording_windows", "time_split",
