@@ -8,7 +8,7 @@ Not a CI test: a few minutes to ~half an hour of CPU. Reads ``shared_data_dir()`
 
 Bonn (80 segments per set here, 23.6 s at 173.61 Hz): seizure (set S) against the rest
 (Z, O, N, F). Band-pass 0.5–40 Hz (the loader's mne filter), µV kept (no z-scoring), 4 s
-windows with 50 % overlap (10 per segment). Encoder (``_biomed_models.FilterbankADM``):
+windows with 50 % overlap (10 per segment). Encoder (``bimsnn.encoding.FilterbankADMEncoder``):
 6 bands (δ θ α β1 β2 γ, 0.5–40 Hz), log10 RMS envelope every 22 samples (0.127 s; T = 31),
 ADM with θ = 0.15 decades from a fixed floor 10^0.5 µV → C = 12 on/off channels. Split:
 20 % of segments to test, 20 % of the rest to validation (best epoch by validation AUC),
@@ -78,15 +78,15 @@ from pathlib import Path
 import torch
 
 try:  # `python benchmarks/biomed.py` puts benchmarks/ on sys.path; `-m` does not.
-    from _util import result_line  # also puts the repo root on sys.path
+    from benchutil import result_line
 except ImportError:
-    from benchmarks._util import result_line
+    from benchmarks.benchutil import result_line
 try:
-    import _biomed_models as bm
+    import biomed_worker as bm
 except ImportError:
-    from benchmarks import _biomed_models as bm
+    from benchmarks import biomed_worker as bm
 
-from bimsnn._paths import repo_root, shared_data_dir
+from bimsnn.paths import repo_root, shared_data_dir
 
 RUNS = ("mamba:bptt", "mamba:rtrl", "mamba:hybrid", "cnn:bptt", "lstm:bptt")
 # Per task and run kind: epochs, lr, batch size (quick: epochs).

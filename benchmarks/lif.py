@@ -28,9 +28,9 @@ import snntorch as snn
 import torch
 
 try:  # `python benchmarks/lif.py` puts benchmarks/ on sys.path; `-m benchmarks.lif` does not.
-    from _util import interleaved_medians, result_line  # also puts the repo root on sys.path
+    from benchutil import interleaved_medians, result_line
 except ImportError:
-    from benchmarks._util import interleaved_medians, result_line
+    from benchmarks.benchutil import interleaved_medians, result_line
 
 from bimsnn.neurons import lif_multi_step
 

@@ -49,9 +49,9 @@ import torch
 from torch.nn import functional as F
 
 try:  # `python benchmarks/online_memory.py` puts benchmarks/ on sys.path; `-m` does not.
-    from _util import interleaved_medians, result_line  # also puts the repo root on sys.path
+    from benchutil import interleaved_medians, result_line
 except ImportError:
-    from benchmarks._util import interleaved_medians, result_line
+    from benchmarks.benchutil import interleaved_medians, result_line
 
 from bimsnn.ssm.mamba import MambaConfig, SpikingMambaNet
 

@@ -24,9 +24,9 @@ import argparse
 import torch
 
 try:  # `python benchmarks/scan.py` puts benchmarks/ on sys.path; `-m benchmarks.scan` does not.
-    from _util import interleaved_medians, result_line  # also puts the repo root on sys.path
+    from benchutil import interleaved_medians, result_line
 except ImportError:
-    from benchmarks._util import interleaved_medians, result_line
+    from benchmarks.benchutil import interleaved_medians, result_line
 
 from bimsnn.ssm.scan import selective_scan, selective_scan_ref
 

@@ -7,7 +7,6 @@ Symbols: T time, B batch, C inputs, K classes, V vocabulary.
 from __future__ import annotations
 
 import importlib.util
-import re
 import sys
 from pathlib import Path
 
@@ -341,25 +340,6 @@ def test_spiking_mlp_fused_equals_step_loop_forward_and_grad():
     first, mid = net.forward_seq(x[:5])
     second, _ = net.forward_seq(x[5:], mid)
     torch.testing.assert_close(torch.cat([first, second]), fused, rtol=1e-12, atol=1e-12)
-
-
-def test_spiking_mlp_matches_memory_analysis_mlp():
-    """bimsnn.analysis.memory.SpikingMLP (its own copy) is this class with the readout decay
-    tied to beta, no bias zeroing and (fc, lif) as list items: same draws, same outputs."""
-    from bimsnn.analysis.memory import SpikingMLP as MemoryMLP
-
-    torch.manual_seed(0)
-    mem = MemoryMLP(C, 8, K, n_layers=2, beta=0.8)
-    torch.manual_seed(0)
-    new = SpikingMLP(C, K, hidden=8, n_layers=2, beta=0.8, readout_beta=0.8,
-                     zero_readout_bias=False)
-    part = {"0": "fc", "1": "lif"}                     # layers.i.0 → layers.i.fc, .1 → .lif
-    renamed = {re.sub(r"^layers\.(\d+)\.([01])\.", lambda m: f"layers.{m[1]}.{part[m[2]]}.", k): v
-               for k, v in mem.state_dict().items()}
-    _assert_same_state(renamed, new.state_dict())
-    x = _input("snn", T=15)
-    with torch.no_grad():
-        torch.testing.assert_close(mem.forward_seq(x)[0], new.forward_seq(x)[0])
 
 
 def test_window_readout():

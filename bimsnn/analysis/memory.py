@@ -33,19 +33,19 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
-from typing import NamedTuple
 
 import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bimsnn.neurons import Leaky
+from bimsnn.analysis.rss import peak_rss_mib, proc_status_mib, reset_peak_rss
+from bimsnn.models.spiking import SpikingMLP
+from bimsnn.state import detach_tree
 
 __all__ = ["MemoryConfig", "SpikingMLP", "make_model", "train_once", "GraphBytes", "measure",
            "memory_vs_T", "plot_memory", "METHODS"]
@@ -71,56 +71,11 @@ class MemoryConfig:
             raise ValueError(f"MemoryConfig.model must be 'mlp' or 'mamba', got {self.model!r}")
 
 
-class MLPState(NamedTuple):
-    mems: tuple[Tensor, ...]     # one (B, H) per hidden layer
-    out: Tensor                  # (B, K) readout membrane
-
-
-class SpikingMLP(nn.Module):
-    """Linear + Leaky layers (C → H → ... → H) and a Linear into a non-spiking readout.
-
-    Same streaming interface as SpikingMambaNet: ``init_state(B)``, ``step(x_t, state) ->
-    (logits_t (B, K), state)``, ``forward_seq(x (T, B, C)) -> (logits (T, B, K), state)``.
-    """
-
-    def __init__(self, n_inputs: int, width: int, n_classes: int, n_layers: int = 2,
-                 beta: float = 0.9):
-        super().__init__()
-        dims = [n_inputs] + [width] * n_layers
-        # (fc, lif) registered in pairs: the rules pair each Leaky with the Linear before it
-        self.layers = nn.ModuleList(nn.ModuleList([nn.Linear(a, b), Leaky(beta=beta)])
-                                    for a, b in zip(dims[:-1], dims[1:]))
-        self.out_fc = nn.Linear(width, n_classes)
-        self.out_li = Leaky(beta=beta, reset_mechanism="none")   # membrane = logits
-
-    def init_state(self, batch: int) -> MLPState:
-        p = self.out_fc.weight
-        return MLPState(tuple(p.new_zeros(batch, fc.out_features) for fc, _ in self.layers),
-                        p.new_zeros(batch, self.out_fc.out_features))
-
-    def step(self, x_t: Tensor, state: MLPState) -> tuple[Tensor, MLPState]:
-        s, mems = x_t, []
-        for (fc, lif), m in zip(self.layers, state.mems):
-            s, m = lif(fc(s), m)
-            mems.append(m)
-        _, out = self.out_li(self.out_fc(s), state.out)
-        return out, MLPState(tuple(mems), out)
-
-    def forward_seq(self, x: Tensor) -> tuple[Tensor, MLPState]:
-        state, logits = self.init_state(x.shape[1]), []
-        for x_t in x:
-            out, state = self.step(x_t, state)
-            logits.append(out)
-        return torch.stack(logits), state
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_seq(x)[0][-1]
-
-
 def make_model(cfg: MemoryConfig) -> nn.Module:
     torch.manual_seed(cfg.seed)
     if cfg.model == "mlp":
-        return SpikingMLP(cfg.n_inputs, cfg.width, cfg.n_classes, cfg.n_layers)
+        return SpikingMLP(cfg.n_inputs, cfg.n_classes, hidden=cfg.width, n_layers=cfg.n_layers,
+                          beta=0.9, readout_beta=0.9, zero_readout_bias=False)
     from bimsnn.ssm.mamba import MambaConfig, SpikingMambaNet
 
     return SpikingMambaNet(MambaConfig(d_model=cfg.width, n_inputs=cfg.n_inputs,
@@ -176,7 +131,14 @@ def train_once(method: str, net: nn.Module, x: Tensor, y: Tensor,
     net.zero_grad(set_to_none=True)
     freed = meter.freed if meter is not None else (lambda: None)
     if method == "bptt":
-        logits, _ = net.forward_seq(x)                                  # (T, B, K)
+        if isinstance(net, SpikingMLP):  # the step loop, as the online rules run it
+            state, outs = net.init_state(B), []
+            for x_t in x:
+                out, state = net.step(x_t, state)
+                outs.append(out)
+            logits = torch.stack(outs)                                  # (T, B, K)
+        else:
+            logits, _ = net.forward_seq(x)                              # parallel scan
         F.cross_entropy(logits.flatten(0, 1), y.repeat(T)).backward()
         freed()
         return
@@ -199,44 +161,15 @@ def train_once(method: str, net: nn.Module, x: Tensor, y: Tensor,
             freed()
             # the rules detach the LIF membranes; SSM/readout state is detached here so that
             # no graph survives the step whatever the rule attaches to
-            state = _detach(state)
+            state = detach_tree(state)
     finally:
         rule.remove()
 
 
-def _detach(s):
-    if isinstance(s, Tensor):
-        return s.detach()
-    if isinstance(s, tuple):
-        vals = [_detach(v) for v in s]
-        return type(s)(*vals) if hasattr(s, "_fields") else tuple(vals)
-    return s
-
-
 def _rss_mb(field: str) -> float:
-    """VmRSS / VmHWM (current / peak resident set) from /proc, in MB; NaN elsewhere."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) / 1024.0                   # kB
-    except OSError:
-        pass
-    return float("nan")
-
-
-def _maxrss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0       # Linux: KiB
-
-
-def _reset_peak() -> bool:
-    """Reset the peak RSS (VmHWM) to the current RSS (Linux ≥ 4.0: clear_refs "5")."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
+    """VmRSS / VmHWM from /proc in MiB; NaN elsewhere."""
+    v = proc_status_mib(field)
+    return float("nan") if v is None else v
 
 
 def _child(spec: dict) -> dict:
@@ -246,13 +179,13 @@ def _child(spec: dict) -> dict:
     x, y = make_data(cfg, spec["T"])
     # Importing torch leaves a transient peak far above the pass's: reset the high-water
     # mark so that the peak read afterwards belongs to the pass (ru_maxrss cannot be reset).
-    hwm = _reset_peak()
-    base = _rss_mb("VmRSS") if hwm else _maxrss_mb()
+    hwm = (reset_peak_rss() is not None)
+    base = _rss_mb("VmRSS") if hwm else peak_rss_mib()
     t0 = time.perf_counter()
     with GraphBytes(net, (x,)) as meter:
         train_once(spec["method"], net, x, y, meter)
     dt = time.perf_counter() - t0
-    peak = _rss_mb("VmHWM") if hwm else _maxrss_mb()
+    peak = _rss_mb("VmHWM") if hwm else peak_rss_mib()
     return {"method": spec["method"], "T": spec["T"], "base_mb": base, "peak_mb": peak,
             "net_mb": peak - base, "graph_mb": meter.peak / 2**20,
             "ms_per_step": 1e3 * dt / spec["T"]}

@@ -6,7 +6,6 @@ Symbols: N items, T time steps, B batch, C input channels, D model width, K clas
 from __future__ import annotations
 
 import math
-import resource
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -16,6 +15,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from bimsnn import models
+from bimsnn.analysis.rss import peak_rss_mib as peak_rss_mb  # noqa: F401  (recipes)
 from bimsnn.paths import repo_root
 from bimsnn.training import TrainConfig, distributed, fit, flag, load_checkpoint
 
@@ -94,11 +94,6 @@ def run_dir(out: str | None, default: str) -> Path:
     """An explicit ``--out`` as given (relative to the CWD), else ``runs/<default>`` under
     the repository root."""
     return Path(out) if out else repo_root() / "runs" / default
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident memory so far (MiB; ``ru_maxrss`` is KiB on Linux)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def fmt(v, nd: int = 3) -> str:

@@ -7,13 +7,8 @@ Every benchmark runs the baseline and ours in the same process, interleaved
 from __future__ import annotations
 
 import statistics
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
-
-# Let `python benchmarks/x.py` import bimsnn from a checkout without installing it.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int = 7,
