@@ -21,13 +21,13 @@ from bimsnn import surrogate as sg
 from bimsnn.neurons import (
     Leaky,
     Synaptic,
-    _fused,
     lif_multi_step,
     lif_multi_step_ref,
     lif_step,
     synaptic_multi_step,
     synaptic_step,
 )
+from bimsnn.neurons.functional import fused_lif
 
 MECHS = ["subtract", "zero", "none"]
 
@@ -113,7 +113,7 @@ def test_gradcheck_smooth_variant(mech, surrogate, learn):
     args = (cur, mem0, beta, thr) if learn else (cur, mem0, 0.7, 1.0)
 
     def f(c, m, *params):
-        return _fused(c, m, *params, surrogate, mech, smooth=True)
+        return fused_lif(c, m, *params, surrogate, mech, smooth=True)
 
     assert torch.autograd.gradcheck(f, args, eps=1e-6, atol=1e-8)
 

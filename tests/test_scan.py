@@ -11,7 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bimsnn.ssm import _chunked
+from bimsnn.ssm import chunked_scan
 from bimsnn.ssm.scan import selective_scan, selective_scan_ref, selective_step
 
 NAMES = ("u", "delta", "A", "B", "C", "D", "h0")
@@ -60,7 +60,7 @@ def assert_match(xs, rtol, atol, fast=selective_scan):
 def chunk(monkeypatch):
     """Force the kernel's chunk length K, to exercise chunk boundaries at small T."""
     def set_chunk(K):
-        monkeypatch.setattr(_chunked, "default_chunk", lambda *shape: K)
+        monkeypatch.setattr(chunked_scan, "default_chunk", lambda *shape: K)
     return set_chunk
 
 
@@ -84,7 +84,7 @@ def test_float64_matches_ref_any_chunk(chunk, T, K):
 
 def test_float32_realistic_default_chunk():
     T, Bt, E, N = 300, 4, 32, 16
-    K = _chunked.default_chunk(T, Bt, E, N)
+    K = chunked_scan.default_chunk(T, Bt, E, N)
     assert 1 < K < T and T % K != 0  # several chunks, the last one partial
     xs = [x.float().detach().requires_grad_() for x in make(T, Bt, E, N, seed=3)]
     # float32: the two paths sum in different orders; errors measured ~1e-6 relative.
@@ -186,12 +186,12 @@ def test_docstring_examples():
 @given(T=st.integers(1, 12), Bt=st.integers(1, 3), E=st.integers(1, 4), N=st.integers(1, 4),
        K=st.integers(1, 6), seed=st.integers(0, 2**16))
 def test_property_random_shapes_and_chunks(T, Bt, E, N, K, seed):
-    orig = _chunked.default_chunk
-    _chunked.default_chunk = lambda *shape: K   # hypothesis forbids function-scoped fixtures
+    orig = chunked_scan.default_chunk
+    chunked_scan.default_chunk = lambda *shape: K   # hypothesis forbids function-scoped fixtures
     try:
         assert_match(make(T, Bt, E, N, seed=seed), rtol=1e-10, atol=1e-12)
     finally:
-        _chunked.default_chunk = orig
+        chunked_scan.default_chunk = orig
 
 
 @pytest.mark.parametrize("which,bad,expect", [

@@ -11,7 +11,7 @@ Public tensors are time-major, as in snnTorch:
 
 Three implementations share this contract:
     selective_scan      fast path (training): chunked kernel with a hand-written adjoint
-                        (``_chunked.py``), O(T/K · B·E·N) saved state
+                        (``chunked_scan.py``), O(T/K · B·E·N) saved state
     selective_scan_ref  plain per-step loop under autograd (the reference twin)
     selective_step      one streaming step
 """
@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from bimsnn.ssm._chunked import chunked_selective_scan
+from bimsnn.ssm.chunked_scan import chunked_selective_scan
 
 
 def _check(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
@@ -83,7 +83,7 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
                    return_last_state: bool = False):
     """Fast selective scan (eq. 1-2); same contract as :func:`selective_scan_ref`.
 
-    Runs the chunked kernel of :mod:`bimsnn.ssm._chunked`: the time loop is hidden from
+    Runs the chunked kernel of :mod:`bimsnn.ssm.chunked_scan`: the time loop is hidden from
     autograd behind a hand-written adjoint, and only one state per chunk is kept for
     backward. Gradients flow to u, delta, A, B, C, D and h0. Numerically stable for any
     Δ ≥ 0 with A < 0 (only exp(Δ A) ≤ 1 is formed). Not twice differentiable.
