@@ -23,22 +23,7 @@ with the best accuracy on 10% of the training items. The last line is
 ``RESULT fsdd_takes_acc=... fsdd_speaker_acc=... fsdd_speaker_acc_tta=...`` (BPTT) plus
 ``..._hybrid`` keys.
 
-Measured 2026-11-23 (2-core box, --threads 1, two processes side by side; ``--rules
-bptt`` 612 s wall, ``--rules hybrid`` 1070 s):
-    BPTT   takes 0.970. Speaker 0.831 = george 0.822, jackson 0.926, nicolas 0.708, theo
-           0.868 (tta 0.836). Session 1's setup (per-utterance cmn, crop, D = 64, no
-           perturbation) gave 0.752. The 0.90 target is missed: a GRU on the same features
-           also tops out at ~0.83, so 3 training voices are the limit, not the spiking model.
-    Hybrid takes 0.690 (val accuracy still rising at epoch 8). Speaker 0.433 = george
-           0.442, jackson 0.492, nicolas 0.412, theo 0.384 (tta 0.448):
-           the one-step online gradient is biased, and its loss turns back up after 1-4
-           epochs (also with λ = 1, no STDP), so the first epoch is kept. Without
-           ``balance`` it stays at chance (0.115): under AdamW the STDP term (A+ = 1e-2)
-           sets the direction of every weight whose gradient is small.
-Ablations (GRU proxy, speaker split, 15 epochs): per-utterance global 0.672, cmn 0.715,
-per-band CMVN 0.659, 20 MFCC 0.636, liftered log-mel 0.728, stretch instead of crop +0.04,
-speaker-level CMVN 0.79, + speed perturbation 0.835, wider factors (0.75-1.3) 0.745,
-energy-based trimming 0.73-0.77, mel-warp / SpecAugment-style masks ±0.
+Measured results and the feature ablations: ``benchmarks/RESULTS.md``.
 """
 
 from __future__ import annotations
