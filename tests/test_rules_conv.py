@@ -313,3 +313,12 @@ def test_unsupported_layer_between_conv_and_neuron_fails_at_attach(mid, match):
         with pytest.raises(TypeError, match=match):
             make(net)
     RTRL(nn.Sequential(nn.Conv2d(C, O, 3), snn.Leaky(beta=0.9))).remove()
+
+
+def test_untraceable_connection_fails_at_attach():
+    net = nn.Sequential(nn.ConvTranspose2d(C, O, 3), snn.Leaky(beta=0.9))
+    with pytest.raises(TypeError, match="ConvTranspose2d"):
+        RTRL(net)
+    net = nn.Sequential(nn.Conv2d(C, O, 3), nn.Conv3d(1, 1, 1), snn.Leaky(beta=0.9))
+    with pytest.raises(TypeError, match="Conv3d"):
+        STDP(net)

@@ -165,7 +165,7 @@ def test_neuron_trace_inject_matches_reference_twin(layer):
     params = (m1.weight, m1.bias, m2.weight, beta)
     spec = (("pre", (r(Bn, *pre), r(Bn, *pre)), (c1, route)),
             ("bias", (r(Bn, 3, P), None), (c1, None)),
-            ("post", (r(Bn, 3, P, F), r(Bn, 3, P, F)), (c2, None)),
+            ("post", (r(3, Bn, P, F), r(3, Bn, P, F)), (c2, None)),
             ("diag", (r(Bn, *S), r(Bn, *S)), None))
     ups = (r(Bn, *S), r(Bn, *S))
     out = NeuronTraceInject.apply(spec, 2, *states, *params)

@@ -129,3 +129,29 @@ def test_synaptic_two_backwards_do_not_reuse_the_graph():
             for t in range(3):
                 spk, syn, mem = net[1](net[0](_x(0)[t]), syn, mem)
                 rule.backward(None if isinstance(rule, STDP) else mem.sum())
+
+
+def test_states_passed_as_keywords():
+    """lif(cur, syn=syn, mem=mem): the hooks find, detach and trace keyword states too."""
+    def run(net, rule):
+        fc, lif = net
+        syn, mem = lif.reset_mem()
+        if rule:
+            rule.reset(B)
+        total, x = 0.0, _x(5)
+        for t in range(T):
+            spk, syn, mem = lif(fc(x[t]), syn=syn, mem=mem)
+            loss = ((mem - 0.3) ** 2).sum() + spk.double().sum()
+            if rule:
+                rule.backward(loss)
+            else:
+                total = total + loss
+        if not rule:
+            total.backward()
+        return net[0].weight.grad.clone()
+
+    make = lambda: _make(4, lambda: snn.Synaptic(alpha=0.8, beta=0.9))  # noqa: E731
+    g_bptt = run(make(), None)
+    net = make()
+    with RTRL(net) as rule:
+        assert _rel(run(net, rule), g_bptt) <= 1e-6

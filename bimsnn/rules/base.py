@@ -139,6 +139,24 @@ def find_pairs(model: nn.Module, layers: Sequence[Pair] | None = None
     return pairs, unpaired
 
 
+def _feeder_check(model: nn.Module, lif: nn.Module, names: dict) -> None:
+    """An unpaired neuron in a Sequential must not be fed by a layer with weights that is not
+    a supported connection (ConvTranspose2d, Conv3d, LSTM, ...): TypeError."""
+    for seq in model.modules():
+        kids = list(seq) if isinstance(seq, nn.Sequential) else []
+        if lif not in kids:
+            continue
+        for mid in reversed(kids[:kids.index(lif)]):
+            if is_neuron(mid):
+                return
+            if any(True for _ in mid.parameters()):
+                raise TypeError(
+                    f"bimsnn.rules: {names.get(id(mid))} ({type(mid).__name__}) feeds neuron "
+                    f"{names.get(id(lif))} but is not a connection the rules can trace "
+                    "(nn.Linear, nn.Conv1d, nn.Conv2d); use one of those, or attach the rule "
+                    "to a submodule without it")
+
+
 def _between(model: nn.Module, fc: nn.Module, lif: nn.Module, names: dict) -> nn.Module | None:
     """Check the Sequential siblings between fc and lif (TypeError); return a pooling one."""
     for seq in model.modules():
@@ -190,8 +208,15 @@ class Rule:
 
     def _attach_taps(self, layers: Sequence[Pair] | None = None, check: bool = True
                      ) -> list[LayerTap]:
-        pairs, unpaired = find_pairs(self.model, layers)
         names = {id(m): n for n, m in self.model.named_modules()}
+        try:
+            pairs, unpaired = find_pairs(self.model, layers)
+        except ValueError:
+            if layers is None:              # a more useful error: what feeds the neurons
+                for m in self.model.modules():
+                    if is_neuron(m):
+                        _feeder_check(self.model, m, names)
+            raise
         taps: list[LayerTap] = []
         try:
             for fc, lif in pairs:
@@ -199,6 +224,8 @@ class Rule:
                 taps.append(LayerTap(fc, lif, check, f"{names.get(id(fc))}→{names.get(id(lif))}",
                                      self.plastic_without_grad, pool=pool))
             for lif in unpaired:
+                if layers is None:
+                    _feeder_check(self.model, lif, names)
                 taps.append(LayerTap(None, lif, check, names.get(id(lif), ""),
                                      self.plastic_without_grad))
                 warnings.warn(f"{names.get(id(lif))} ({type(lif).__name__}) has no paired "

@@ -14,7 +14,8 @@ from it is linear in W:
   RTRL contracts its traces with it, STDP's eq. 5 pairs pre and post traces with it.
 * :meth:`Connection.apply` ``(pre, w) = w ⋆ pre`` (no bias): its adjoint, used by the
   ``*_ref`` twins.
-* :meth:`Connection.patches`: the input that each output unit reads, (B, O|1, P, F).
+* :meth:`Connection.patches`: the input that each output unit reads, (O|1, B, P, F)
+  (output-unit-major, so RTRL's contraction over (B, P) is one batched matmul).
 
 Conv1d is run as a Conv2d of height 1, and padding (any mode, "same") is applied to the
 input with ``F.pad`` exactly as ``nn.Conv*d`` does, so patches, outer and apply share
@@ -95,24 +96,23 @@ class Route:
         return self._hw
 
     def gather_patches(self, U: Tensor, groups: int) -> Tensor:
-        """Patches (B, F_all, Q) of every conv output position → (B, O|1, P, F) per unit."""
+        """Patches (B, G·F, Q) of every conv output position → (O|1, B, P, F) per unit,
+        contiguous (O = 1 when every unit reads the same patch: no pooling selection)."""
         B, FG, Q = U.shape
         Fg = FG // groups
-        if self.kind == "max":
-            Ut = U.transpose(1, 2)                                            # (B, Q, G·F)
-            if groups == 1:
-                rows = self.idx.reshape(B, -1)                                # (B, O·P)
-            else:
-                Ut = Ut.reshape(B, Q * groups, Fg)
-                g_of_o = torch.arange(self.O, device=U.device) // (self.O // groups)
-                rows = (self.idx * groups + g_of_o[None, :, None]).reshape(B, -1)
-            out = Ut.gather(1, rows[..., None].expand(-1, -1, Fg))
-            return out.reshape(B, self.O, self.P, Fg)
-        Z = self.fwd(U) if self.kind == "avg" else U                         # (B, G·F, P)
-        Z = Z.reshape(B, groups, Fg, -1).transpose(2, 3)                     # (B, G, P, F)
+        Ut = U.transpose(1, 2).contiguous()                                  # (B, Q, G·F)
+        if self.kind == "max":                    # rows (b, q, g) of Ut, in (o, b, p) order
+            b = torch.arange(B, device=U.device)[None, :, None]
+            g = (torch.arange(self.O, device=U.device) // (self.O // groups))[:, None, None]
+            rows = ((b * Q + self.idx.transpose(0, 1)) * groups + g).reshape(-1)
+            return Ut.reshape(-1, Fg).index_select(0, rows).reshape(self.O, B, self.P, Fg)
+        if self.kind == "avg":
+            Ut = self.fwd(U).transpose(1, 2).contiguous()                    # (B, P, G·F)
+        Z = Ut.reshape(B, -1, groups, Fg)                                     # (B, P, G, F)
         if groups == 1:
-            return Z
-        return Z.repeat_interleave(self.O // groups, dim=1)                  # (B, O, P, F)
+            return Z[..., 0, :].unsqueeze(0)                                  # (1, B, P, F)
+        Z = Z.permute(2, 0, 1, 3).repeat_interleave(self.O // groups, dim=0)
+        return Z.contiguous()                                                 # (O, B, P, F)
 
 
 class Connection:
@@ -167,7 +167,7 @@ class LinearConn(Connection):
         return F.linear(pre.to(w.dtype), w)
 
     def patches(self, x: Tensor, route: Route) -> Tensor:
-        return x.reshape(-1, 1, 1, self.F)                                   # (B, 1, 1, N)
+        return x.reshape(1, -1, 1, self.F)                                   # (1, B, 1, N)
 
     def y_shape(self, x: Tensor) -> tuple[int, ...]:
         return (*x.shape[:-1], self.O)

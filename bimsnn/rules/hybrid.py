@@ -24,7 +24,7 @@ parameters get λ = 1 (plain gradient; give a readout λ = 1 this way).
 Units. Ω is in A± units and ∂L/∂w in loss units, so how much λ mixes depends on A±, the
 loss scale and the optimizer: under Adam, which normalises each weight's update, an
 STDP term far larger than a weight's gradient sets that weight's direction whatever λ
-(FSDD: λ = 0.99 with A+ = 1e-2 stays at chance). ``balance=True`` makes λ a share of the
+(measured: docs/rules_support.md). ``balance=True`` makes λ a share of the
 update norm instead. Per connection weight W and per sequence (since :meth:`reset`), with
 G = Σ_t ∂L_t/∂W and Ω = Σ_t Ω_t, ``.grad`` then holds::
 
@@ -36,8 +36,7 @@ grow (the rule writes the difference), so ``.grad`` is the formula above after e
 It needs λ > 0 on every pair (‖G‖ is measured through the λ-scaled gradient).
 Balance fixes the *norm* share, not Adam's per-weight normalisation: an STDP direction
 that keeps its sign across batches (Hebbian growth) still earns full-size Adam steps
-while the gradient's sign fluctuates. On FSDD (benchmarks/speech.py, λ = 0.5, AdamW
-1e-3) the input weights' norm grew 5 → 16 in 6 epochs; with SGD the mix is exactly λ.
+while the gradient's sign fluctuates (docs/rules_support.md); with SGD the mix is exactly λ.
 """
 
 from __future__ import annotations

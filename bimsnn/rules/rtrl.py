@@ -17,8 +17,8 @@ filter. Two layouts:
   x_t: (B, N), or (B, C, *in) for a conv, the filtered input whose patches are the
   eligibility. Memory per state: one input.
 * "post" (a per-channel β, reset "zero", Alpha's reset, or max pooling before the
-  neuron): e^k[b, o, p, f] per output unit, (B, O, P, F); the drive is the patch that unit
-  read at step t (through the pooling selection). Memory per state B·O·P·F.
+  neuron): e^k[o, b, p, f] per output unit, stored (O, B, P, F); the drive is the patch
+  that unit read at step t (through the pooling selection). Memory per state B·O·P·F.
 
 Biases and neuron parameters (β, α, ϑ, V) get per-neuron traces (B, *S) with their
 immediate terms. Eq. 8 by injection: the neuron's pre-hook replaces each carried state
@@ -75,9 +75,13 @@ def _contract(kind: str, es: tuple, meta, gs: tuple, shape: torch.Size) -> Tenso
     conn, route = meta
     if kind == "bias":
         return sum((conn.canon(g) * e).sum((0, 2)) for g, e in pairs)
-    if kind == "post":
-        return sum(torch.einsum("bop,bopf->of", conn.canon(g), e.to(g.dtype))
-                   for g, e in pairs).reshape(shape)
+    if kind == "post":                 # one bmm over units o: (1, B·P) @ (B·P, F)
+        out = 0
+        for g, e in pairs:
+            O, F = e.shape[0], e.shape[-1]
+            gt = conn.canon(g).transpose(0, 1).reshape(O, 1, -1)                 # (O, 1, B·P)
+            out = out + torch.bmm(gt, e.to(g.dtype).reshape(O, -1, F))[:, 0]
+        return out.reshape(shape)
     post = torch.cat([route.T(conn.canon(g)) for g, _ in pairs])             # "pre"
     return conn.outer(torch.cat([e for _, e in pairs]), post).reshape(shape)
 
@@ -89,7 +93,7 @@ class NeuronTraceInject(torch.autograd.Function):
     ``(kind, (e^1, ..., e^n), meta)`` per param, kind
 
     * "pre": e^k presynaptic (B, *in), meta (Connection, Route): ``conn.outer(e, route.T(g))``;
-    * "post": e^k (B, O, P, F), meta (Connection, None): Σ_{b,p} g[b,o,p] e[b,o,p,f];
+    * "post": e^k (O, B, P, F), meta (Connection, None): Σ_{b,p} g[b,o,p] e[o,b,p,f];
     * "bias": e^k (B, O, P), meta (Connection, None): Σ_{b,p} g e per output unit;
     * "diag": e^k (B, *S), meta None: Σ_b g e, summed to the parameter's shape.
 
@@ -133,7 +137,7 @@ def neuron_trace_inject_ref(spec: tuple, n: int, *tensors: Tensor) -> tuple[Tens
             elif kind == "bias":
                 term = e * d[None, :, None]
             elif kind == "post":
-                term = torch.einsum("bopf,of->bop", e.to(d.dtype), d.reshape(d.shape[0], -1))
+                term = torch.einsum("obpf,of->bop", e.to(d.dtype), d.reshape(d.shape[0], -1))
             else:
                 conn, route = meta
                 term = route.fwd(conn.canon(conn.apply(e, d)))
@@ -243,21 +247,22 @@ class LayerRTRL:
                 drive = {k: v * pre for k, v in lin.c.items()}
                 new[it.name] = filter_step(old, lin.J, drive)
             else:
-                pat = conn.patches(pre, rt)                                   # (B, O|1, P, F)
-                pat = pat.expand(pat.shape[0], conn.O, *pat.shape[2:])
+                pat = conn.patches(pre, rt)                                   # (O|1, B, P, F)
+                pat = pat.expand(conn.O, *pat.shape[1:])
                 J = {k: self._canon(v, conn, cur, 1) for k, v in lin.J.items()}
-                drive = {k: self._canon(v, conn, cur, 1) * pat for k, v in lin.c.items()}
+                drive = {k: (self._canon(v, conn, cur, 1), pat) for k, v in lin.c.items()}
                 new[it.name] = filter_step(old, J, drive)
         self.traces = new
         self._route_prev = route
 
     @staticmethod
-    def _canon(v, conn: Connection, cur: Tensor, extra: int = 0):
-        """A coefficient (scalar or (B, *S)-broadcastable) in canonical (B, O, P[, 1])."""
+    def _canon(v, conn: Connection, cur: Tensor, post: int = 0):
+        """A coefficient (scalar or (B, *S)-broadcastable) in canonical (B, O, P), or, for
+        "post" traces, (O, B, P, 1)."""
         if not isinstance(v, Tensor) or v.numel() == 1:
             return v if not isinstance(v, Tensor) else v.reshape(())
         v = conn.canon(v.expand(cur.shape))
-        return v[..., None] if extra else v
+        return v.transpose(0, 1).contiguous()[..., None] if post else v
 
     def reset(self, batch_size: int) -> None:
         self.traces = {}

@@ -85,8 +85,8 @@ Coef = float | Tensor
 
 @torch.no_grad()
 def filter_step(e: Mapping[str, Tensor | None], J: Mapping[tuple[str, str], Coef],
-                drive: Mapping[str, Tensor | None]) -> dict[str, Tensor | None]:
-    """One step of a coupled linear filter, out of place (old tensors stay valid)::
+                drive: Mapping[str, Tensor | tuple | None]) -> dict[str, Tensor | None]:
+    """One step of a coupled linear filter, out of place (old traces stay valid)::
 
         e^k(t) = Σ_l J[k, l] ⊙ e^l(t−1) + drive^k(t)          (None stands for zeros)
 
@@ -94,9 +94,12 @@ def filter_step(e: Mapping[str, Tensor | None], J: Mapping[tuple[str, str], Coef
         e: previous traces, one per state k (any common shape; None = zeros).
         J: coefficients ∂state^k_t/∂state^l_{t−1} keyed (k, l); floats or tensors that
             broadcast against the traces. Missing keys are zero.
-        drive: this step's immediate term per state k (None = zero).
+        drive: this step's immediate term per state k: a tensor, a pair (a, b) meaning
+            a ⊙ b (fused into the sum), or None (zero). A tensor drive may become part of
+            the new traces without a copy: pass fresh tensors.
     Returns:
-        the new traces, keyed like ``e`` (None where everything was zero).
+        the new traces, keyed like ``e`` (None where everything was zero). Traces are never
+        modified in place, so a graph that saved e(t−1) stays valid.
 
     Example (Synaptic, α = 0.5, β = 0.9: one input at t = 0 reaches mem at t = 0 and 1):
         >>> J = {("syn", "syn"): 0.5, ("mem", "mem"): 0.9, ("mem", "syn"): 0.5}
@@ -111,10 +114,23 @@ def filter_step(e: Mapping[str, Tensor | None], J: Mapping[tuple[str, str], Coef
         acc = None
         for (k2, l), coef in J.items():
             if k2 == k and e.get(l) is not None:
-                term = e[l] * coef
-                acc = term if acc is None else acc + term
+                term = e[l] * coef                                   # a fresh tensor
+                acc = term if acc is None else _add(acc, term)
         d = drive.get(k)
-        if d is not None:                  # never alias the caller's tensor
-            acc = d.clone(memory_format=torch.contiguous_format) if acc is None else acc + d
+        if isinstance(d, tuple):
+            a, b = d
+            if (acc is None or not isinstance(a, Tensor)
+                    or acc.shape != torch.broadcast_shapes(acc.shape, a.shape, b.shape)):
+                d = a * b
+            else:
+                acc.addcmul_(a, b)
+                d = None
+        if d is not None:
+            acc = d if acc is None else _add(acc, d)
         out[k] = acc
     return out
+
+
+def _add(acc: Tensor, x: Tensor) -> Tensor:
+    """acc + x, in place when acc (a tensor this step created) already has the result's shape."""
+    return acc.add_(x) if acc.shape == torch.broadcast_shapes(acc.shape, x.shape) else acc + x
