@@ -30,7 +30,8 @@ Ends with one line:
     RESULT t5_bptt=... t5_rtrl=... t5_hybrid=... t7_bptt=... ... rleaky_hybrid=...
 
 ``--methods`` may add ``rtrl_input``: RTRL with ``pool_traces="input"`` (presynaptic traces
-through max pooling: cheaper, approximate).
+through max pooling: cheaper, approximate), and ``hybrid_hidden``: Hybrid with λ = 0.9 on
+the hidden pairs and λ = 1 (plain gradient, no STDP) on the readout pair.
 
 Usage: PYTHONPATH=. python benchmarks/rules_tutorials.py [--nets tutorial5 tutorial7 rleaky]
        [--methods bptt rtrl hybrid] [--epochs5 8 --epochs7 2 --epochsr 20 --delay 40 --quick]
@@ -51,9 +52,9 @@ from snntorch import surrogate, utils
 from torch import nn
 from torch.nn import functional as F
 
-from bimsnn.rules import RTRL, STDP, Hybrid
+from bimsnn.rules import RTRL, STDP, Hybrid, find_pairs
 
-METHODS = ("bptt", "rtrl", "hybrid", "rtrl_input")
+METHODS = ("bptt", "rtrl", "hybrid", "rtrl_input", "hybrid_hidden")
 
 
 def attach(method: str, net: nn.Module):
@@ -61,8 +62,12 @@ def attach(method: str, net: nn.Module):
         return RTRL(net)
     if method == "rtrl_input":
         return RTRL(net, pool_traces="input")
-    if method == "hybrid":
-        return Hybrid(net, lam=0.9, stdp=STDP(A_plus=1e-3, A_minus=1.05e-3), balance=True)
+    if method in ("hybrid", "hybrid_hidden"):
+        lam = 0.9
+        if method == "hybrid_hidden":               # readout pair: plain gradient, no STDP
+            n = len(find_pairs(net)[0])
+            lam = [0.9] * (n - 1) + [1.0]
+        return Hybrid(net, lam=lam, stdp=STDP(A_plus=1e-3, A_minus=1.05e-3), balance=True)
     return None
 
 

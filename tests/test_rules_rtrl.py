@@ -3,7 +3,8 @@
 Symbols: T steps, B batch, N inputs, H hidden, K outputs.
 Tolerances: single layer rel. error ≤ 1e-5 (measured ≤ 5e-16; 2e-9 for snnTorch's learned
 threshold, because snnTorch's spikes are float32 even in a float64 net); multi-layer per-tensor cosine ≥ 0.95
-and whole-vector cosine ≥ 0.5 (2 layers) / 0.3 (3 layers), measured 0.80 / 0.49 (seed 0).
+and whole-vector cosine ≥ 0.5 (2 layers) / 0.3 (3 layers), measured 0.75 / 0.40 (seed 0;
+per-tensor ≥ 0.997).
 """
 
 import pytest

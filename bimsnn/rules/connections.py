@@ -38,7 +38,7 @@ CONNECTIONS = (nn.Linear, nn.Conv1d, nn.Conv2d)
 # Graph nodes through which the connection output may reach the neuron input with ∂ = I.
 PASS_THROUGH = {"AddBackward", "UnbindBackward", "SelectBackward", "ToCopyBackward",
                 "CloneBackward", "ViewBackward", "UnsafeViewBackward", "ReshapeAliasBackward",
-                "AliasBackward", "SqueezeBackward", "UnsqueezeBackward", "ExpandBackward"}
+                "AliasBackward", "SqueezeBackward", "UnsqueezeBackward"}
 POOLS = {"MaxPool2DWithIndicesBackward": "max", "AvgPool2DBackward": "avg"}
 
 

@@ -55,7 +55,7 @@ from torch import Tensor, nn
 from bimsnn.rules.base import Pair, Rule, accumulate_grad
 from bimsnn.rules.connections import Connection, LinearConn, Route
 from bimsnn.rules.taps import LayerTap
-from bimsnn.rules.traces import decay_from_tau
+from bimsnn.rules.traces import Trace, decay_from_tau
 
 
 def stdp_window(dt, A_plus: float, tau_plus: float, A_minus: float, tau_minus: float):
@@ -165,11 +165,17 @@ def stdp_omega_ref(pre_spikes: Tensor, post_spikes: Tensor, *, A_plus: float = 1
 
 
 class STDPLayer:
-    """Traces and Ω of one connection (feed-forward or recurrent) of a tap (a Handler)."""
+    """Traces and Ω of one connection (feed-forward or recurrent) of a tap (a Handler).
+
+    ``state`` is the :class:`STDPState` that :func:`stdp_step` carries; ``pre`` / ``post``
+    show the same traces as :class:`~bimsnn.rules.traces.Trace` objects (``.value``).
+    """
 
     def __init__(self, tap: LayerTap, stdp: STDP, conn: Connection, recurrent: bool = False):
         self.tap, self.cfg, self.conn, self.recurrent = tap, stdp, conn, recurrent
         self.state = STDPState()
+        self.pre = Trace(decay_from_tau(stdp.tau_plus))
+        self.post = Trace(decay_from_tau(stdp.tau_minus))
         self.omega = torch.zeros_like(conn.weight, requires_grad=False)       # since reset
         self.pending = torch.zeros_like(self.omega)                          # since flush
         self.scale = 1.0               # (1 − λ) under Hybrid: .grad -= scale·Ω
@@ -201,12 +207,15 @@ class STDPLayer:
                                    tau_plus=c.tau_plus, tau_minus=c.tau_minus, outer=outer,
                                    bound=c.bound, w=conn.weight.detach().to(pre.dtype),
                                    w_min=c.w_min, w_max=c.w_max)
+        self.pre.value, self.post.value = self.state
         dw = dw.to(self.omega.dtype)
         self.omega += dw
         self.pending += dw
 
     def reset(self, batch_size: int) -> None:
         self.state = STDPState()
+        self.pre.reset()
+        self.post.reset()
         self.omega.zero_()
         self.pending.zero_()
 
