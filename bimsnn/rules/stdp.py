@@ -153,7 +153,7 @@ def stdp_omega_ref(pre_spikes: Tensor, post_spikes: Tensor, *, A_plus: float = 1
         Ω (H, N), in pre_spikes' dtype (float64 recommended).
     """
     T, B = pre_spikes.shape[:2]
-    t = torch.arange(T, dtype=torch.float64)
+    t = torch.arange(T, dtype=torch.float64, device=pre_spikes.device)
     dt = t[:, None] - t[None, :]                                  # (T, T): t_i − t_j
     win = stdp_window(dt, A_plus, tau_plus, A_minus, tau_minus).to(pre_spikes.dtype)
     pre, post = pre_spikes, post_spikes.to(pre_spikes.dtype)

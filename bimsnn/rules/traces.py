@@ -119,8 +119,7 @@ def filter_step(e: Mapping[str, Tensor | None], J: Mapping[tuple[str, str], Coef
         d = drive.get(k)
         if isinstance(d, tuple):
             a, b = d
-            if (acc is None or not isinstance(a, Tensor)
-                    or acc.shape != torch.broadcast_shapes(acc.shape, a.shape, b.shape)):
+            if acc is None or not isinstance(a, Tensor) or not _fits(acc, a, b):
                 d = a * b
             else:
                 acc.addcmul_(a, b)
@@ -131,6 +130,16 @@ def filter_step(e: Mapping[str, Tensor | None], J: Mapping[tuple[str, str], Coef
     return out
 
 
+def _fits(acc: Tensor, *xs: Tensor) -> bool:
+    """True if every x broadcasts to acc's shape without enlarging it."""
+    n = acc.dim()
+    for x in xs:
+        if x.dim() > n or any(d != 1 and d != acc.shape[n - x.dim() + i]
+                              for i, d in enumerate(x.shape)):
+            return False
+    return True
+
+
 def _add(acc: Tensor, x: Tensor) -> Tensor:
     """acc + x, in place when acc (a tensor this step created) already has the result's shape."""
-    return acc.add_(x) if acc.shape == torch.broadcast_shapes(acc.shape, x.shape) else acc + x
+    return acc.add_(x) if isinstance(x, Tensor) and _fits(acc, x) else acc + x
