@@ -155,3 +155,26 @@ def test_states_passed_as_keywords():
     net = make()
     with RTRL(net) as rule:
         assert _rel(run(net, rule), g_bptt) <= 1e-6
+
+
+@pytest.mark.parametrize("neuron", [lambda: snn.Synaptic(alpha=0.8, beta=0.9),
+                                    lambda: snn.Alpha(alpha=0.9, beta=0.8)],
+                         ids=["Synaptic", "Alpha"])
+def test_stdp_on_second_order_neurons_equals_eq5(neuron):
+    from bimsnn.rules import stdp_omega_ref
+    kw = dict(A_plus=0.02, A_minus=0.015, tau_plus=5.0, tau_minus=3.0)
+    net = _make(6, neuron)
+    fc, lif = net
+    x, post = _x(7), []
+    with STDP(net, **kw) as rule:
+        rule.reset(B)
+        states = lif.reset_mem()
+        for t in range(T):
+            out = lif(fc(x[t]), *states)
+            states = out[1:]
+            post.append(out[0].detach().double())
+            rule.backward(None)
+        omega = rule.omegas[0].clone()
+    post = torch.stack(post)
+    assert post.sum() > 20
+    assert _rel(omega, stdp_omega_ref(x, post, **kw)) <= 1e-6
