@@ -232,7 +232,7 @@ def test_unpaired_leaky_and_hidden_mem_are_detached():
             self.fc, self.lif, self.lif_out = nn.Linear(N, H), snn.Leaky(0.9), snn.Leaky(0.9)
 
     net = Net()
-    with pytest.warns(UserWarning, match="no paired Linear"), RTRL(net) as rule:
+    with pytest.warns(UserWarning, match="no paired connection"), RTRL(net) as rule:
         rule.reset(B)
         mem, prev = net.lif_out.init_leaky(), set()
         for t in range(4):
@@ -243,3 +243,30 @@ def test_unpaired_leaky_and_hidden_mem_are_detached():
             assert not nodes & prev
             prev = nodes
             rule.backward(mem.sum() + mem1.sum())
+
+
+class OwnDynamics(snn.Leaky):
+    """A Leaky subclass with its own forward (as snn.DeltaLeaky): other dynamics."""
+
+    def forward(self, input_, mem=None):
+        return super().forward(2 * input_, mem)
+
+
+@pytest.mark.parametrize("make_neuron", [lambda: snn.Lapicque(beta=0.9),
+                                         lambda: OwnDynamics(beta=0.9),
+                                         lambda: snn.SLSTM(H, H)],
+                         ids=["Lapicque", "Leaky-subclass", "SLSTM"])
+def test_unsupported_neuron_fails_at_attach(make_neuron):
+    """No warning-then-PyTorch-error any more: a TypeError naming the module, at attach,
+    and no hook is left behind (the supported part can take a rule afterwards)."""
+    n_inst = len(snn.SpikingNeuron.instances)
+    try:
+        net = nn.Sequential(nn.Linear(N, H), snn.Leaky(beta=0.9), nn.Linear(H, H),
+                            make_neuron())
+        for make in (RTRL, STDP, lambda m: Hybrid(m, lam=0.5)):
+            with pytest.raises(TypeError, match=r"3 \(\w+\) is not supported"):
+                make(net)
+        assert _hooks(net) == 0
+        RTRL(nn.Sequential(net[0], net[1])).remove()
+    finally:       # snnTorch's class-level registry: keep other tests' utils.reset working
+        del snn.SpikingNeuron.instances[n_inst:]

@@ -3,7 +3,8 @@
 Symbols: T steps, B batch, N inputs, H hidden, K outputs.
 Tolerances: single layer rel. error ≤ 1e-5 (measured ≤ 5e-16; 2e-9 for snnTorch's learned
 threshold, because snnTorch's spikes are float32 even in a float64 net); multi-layer per-tensor cosine ≥ 0.95
-and whole-vector cosine ≥ 0.5 (2 layers) / 0.3 (3 layers), measured 0.80 / 0.49 (seed 0).
+and whole-vector cosine ≥ 0.5 (2 layers) / 0.3 (3 layers), measured 0.75 / 0.40 (seed 0;
+per-tensor ≥ 0.997).
 """
 
 import pytest
@@ -11,7 +12,8 @@ import snntorch as snn
 import torch
 from torch import nn
 
-from bimsnn.rules import RTRL, TraceInject, trace_inject_ref
+from bimsnn.rules import RTRL, NeuronTraceInject, neuron_trace_inject_ref
+from bimsnn.rules.connections import Route, connection
 
 T, B, N, H = 60, 3, 6, 5
 
@@ -139,32 +141,58 @@ def test_rtrl_multilayer_cosine_to_bptt(sizes, bound):
     assert all(_rel(g_rtrl[k], g_bptt[k]) <= 1e-5 for k in last)
 
 
-def test_trace_inject_matches_reference_twin():
+@pytest.mark.parametrize("layer", ["conv", "linear"])
+def test_neuron_trace_inject_matches_reference_twin(layer):
+    """Every contraction kind ("pre", through an avg-pool route for the conv, "post",
+    "bias", "diag") for two carried states, against plain autograd of the twin."""
     g = torch.Generator().manual_seed(0)
-    mem = torch.randn(4, 3, dtype=torch.float64, generator=g)
-    W = torch.randn(3, 5, dtype=torch.float64, generator=g, requires_grad=True)
-    W2 = torch.randn(3, 5, dtype=torch.float64, generator=g, requires_grad=True)
-    b = torch.randn(3, dtype=torch.float64, generator=g, requires_grad=True)
-    beta = torch.tensor(0.7, dtype=torch.float64, requires_grad=True)
-    spec = (("outer", torch.randn(4, 5, dtype=torch.float64, generator=g)),
-            ("outer", torch.randn(4, 3, 5, dtype=torch.float64, generator=g)),
-            ("diag", torch.randn(4, 3, dtype=torch.float64, generator=g)),
-            ("diag", torch.randn(4, 3, dtype=torch.float64, generator=g)))
-    up = torch.randn(4, 3, dtype=torch.float64, generator=g)
-    params = (W, W2, b, beta)
-    out = TraceInject.apply(mem, spec, *params)
-    grads = torch.autograd.grad((out * up).sum(), params)
-    out_ref = trace_inject_ref(mem, spec, *params)
-    grads_ref = torch.autograd.grad((out_ref * up).sum(), params)
-    assert torch.equal(out, mem) and torch.equal(out_ref, mem)
-    for a, r in zip(grads, grads_ref):
-        assert a.shape == r.shape
-        assert torch.allclose(a, r, rtol=1e-12, atol=1e-12)
+
+    def r(*shape):
+        return torch.randn(*shape, dtype=torch.float64, generator=g)
+
+    Bn = 4
+    if layer == "conv":
+        m1, m2 = nn.Conv2d(2, 3, 3, padding=1).double(), nn.Conv2d(2, 3, 3).double()
+        route = Route("avg", 3, 0, (6, 6), args=((2, 2), (2, 2), (0, 0), False, True, None))
+        S, pre, P, F = (3, 3, 3), (2, 6, 6), 9, 18
+    else:
+        m1, m2 = nn.Linear(5, 3).double(), nn.Linear(5, 3).double()
+        route = Route("id", 3, 1)
+        S, pre, P, F = (3,), (5,), 1, 5
+    c1, c2 = connection(m1), connection(m2)
+    beta = (torch.rand(3, dtype=torch.float64, generator=g).view(3, *[1] * (len(S) - 1))
+            .requires_grad_())
+    states = (r(Bn, *S), r(Bn, *S))
+    params = (m1.weight, m1.bias, m2.weight, beta)
+    spec = (("pre", (r(Bn, *pre), r(Bn, *pre)), (c1, route)),
+            ("bias", (r(Bn, 3, P), None), (c1, None)),
+            ("post", (r(3, Bn, P, F), r(3, Bn, P, F)), (c2, None)),
+            ("diag", (r(Bn, *S), r(Bn, *S)), None))
+    ups = (r(Bn, *S), r(Bn, *S))
+    out = NeuronTraceInject.apply(spec, 2, *states, *params)
+    grads = torch.autograd.grad(sum((o * u).sum() for o, u in zip(out, ups)), params)
+    ref = neuron_trace_inject_ref(spec, 2, *states, *params)
+    grads_ref = torch.autograd.grad(sum((o * u).sum() for o, u in zip(ref, ups)), params)
+    for o, o_ref, s in zip(out, ref, states):
+        assert torch.equal(o, s) and torch.allclose(o_ref, s, rtol=0, atol=0)
+    for a, b in zip(grads, grads_ref):
+        assert a.shape == b.shape
+        assert torch.allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_max_route_adjoint():
+    """Route "max": forward gathers the selected positions, T scatters back (its adjoint)."""
+    route = Route("max", 2, 2, (1, 4), idx=torch.tensor([[[0, 3], [1, 1]]]))
+    z = torch.arange(8.0).reshape(1, 2, 4)
+    assert route.fwd(z).tolist() == [[[0.0, 3.0], [5.0, 5.0]]]
+    g = torch.ones(1, 2, 2)
+    assert route.T(g).tolist() == [[[1.0, 0.0, 0.0, 1.0], [0.0, 2.0, 0.0, 0.0]]]
+    assert float((route.fwd(z) * g).sum()) == float((z * route.T(g)).sum())
 
 
 def test_rtrl_rejects_unsupported_leaky():
     net = nn.Sequential(nn.Linear(3, 2), snn.Leaky(beta=0.9, reset_delay=False))
-    with pytest.raises(ValueError, match="reset_delay"):
+    with pytest.raises(TypeError, match="reset_delay"):
         RTRL(net)
     RTRL(nn.Sequential(nn.Linear(3, 2), snn.Leaky(beta=0.9))).remove()   # tap was released
 

@@ -1,18 +1,20 @@
 """STDP (paper eq. 5-6) against the literal double sum, and Hybrid (eq. 4) limits, float64.
 
 Symbols: T steps, B batch, N pre (Linear inputs), H post (Leaky), Ω (H, N).
-Tolerances: Ω vs literal double sum ≤ 1e-6 abs (measured ~1e-17); Hybrid limits: rel. 1e-6
+Tolerances: Ω vs literal double sum (:func:`stdp_omega_ref`) ≤ 1e-6 abs (measured ~1e-17);
+the reference itself vs a loop over spike pairs ≤ 1e-12; Hybrid limits: rel. 1e-6
 (snnTorch's spikes are float32, so scaling the loss by λ rounds differently; measured 5e-9).
 """
 
 import math
 
+import numpy as np
 import pytest
 import snntorch as snn
 import torch
 from torch import nn
 
-from bimsnn.rules import RTRL, STDP, Hybrid
+from bimsnn.rules import RTRL, STDP, Hybrid, stdp_omega_ref, stdp_step, stdp_window
 
 T, B, N, H = 40, 2, 5, 4
 KW = dict(A_plus=0.02, A_minus=0.015, tau_plus=7.0, tau_minus=4.0)
@@ -53,13 +55,13 @@ def _run(net, x, rule, loss_fn=None):
         for k in range(L):
             h, mems[k] = net[2 * k + 1](net[2 * k](h.double()), mems[k])
             if k == 0:
-                post.append(h.double())
+                post.append(h.detach().double())
         rule.backward(None if loss_fn is None else loss_fn(h.double(), mems[-1], t))
     return x, torch.stack(post)
 
 
-def _literal(pre, post, A_plus, A_minus, tau_plus, tau_minus):
-    """Eq. 5 literally: loop over every (post spike, pre spike) pair; LTP and LTD parts."""
+def _spike_pair_loop(pre, post, A_plus, A_minus, tau_plus, tau_minus):
+    """Eq. 5 by a loop over every (post spike, pre spike) pair; LTP and LTD parts."""
     ltp = torch.zeros(post.shape[-1], pre.shape[-1], dtype=torch.float64)
     ltd = torch.zeros_like(ltp)
     for b in range(pre.shape[1]):
@@ -74,6 +76,39 @@ def _literal(pre, post, A_plus, A_minus, tau_plus, tau_minus):
     return ltp / pre.shape[1], ltd / pre.shape[1]             # batch mean
 
 
+def test_omega_ref_equals_spike_pair_loop():
+    g = torch.Generator().manual_seed(0)
+    pre = (torch.rand(T, B, N, generator=g) < 0.3).double()
+    post = (torch.rand(T, B, H, generator=g) < 0.3).double()
+    w = torch.rand(H, N, generator=g, dtype=torch.float64)
+    ltp, ltd = _spike_pair_loop(pre, post, **KW)
+    assert torch.allclose(stdp_omega_ref(pre, post, **KW), ltp - ltd, atol=1e-12)
+    soft = stdp_omega_ref(pre, post, bound="soft", w=w, w_min=-0.5, w_max=1.5, **KW)
+    assert torch.allclose(soft, (1.5 - w) * ltp - (w + 0.5) * ltd, atol=1e-12)
+
+
+def test_stdp_window_numpy_and_torch_agree():
+    dt = np.arange(-30, 31)
+    ref = np.where(dt >= 0, 0.02 * np.exp(-dt / 7.0), -0.015 * np.exp(dt / 4.0))
+    assert np.allclose(stdp_window(dt, 0.02, 7.0, 0.015, 4.0), ref, rtol=0, atol=1e-15)
+    out = stdp_window(torch.tensor(dt, dtype=torch.float64), 0.02, 7.0, 0.015, 4.0)
+    assert torch.allclose(out, torch.tensor(ref), rtol=0, atol=1e-15)
+
+
+def test_stdp_step_is_pure_and_sums_to_eq5():
+    """stdp_step: state in, state out (the inputs are not modified); summed over a
+    sequence it is Ω of eq. 5."""
+    pre, post = _spikes(4), _spikes(5, H)
+    state, total = None, 0.0
+    for t in range(T):
+        before = None if state is None else (state.pre.clone(), state.post.clone())
+        dw, new = stdp_step(pre[t], post[t], state, **KW)
+        if before is not None:
+            assert torch.equal(state.pre, before[0]) and torch.equal(state.post, before[1])
+        state, total = new, total + dw
+    assert torch.allclose(total, stdp_omega_ref(pre, post, **KW), atol=1e-12)
+
+
 @pytest.mark.parametrize("bound", ["additive", "soft"])
 def test_online_omega_equals_literal_double_sum(bound):
     net = _net(0)
@@ -83,11 +118,10 @@ def test_online_omega_equals_literal_double_sum(bound):
         omega = rule.omegas[0].clone()
         grad = net[0].weight.grad.clone()
     assert post.sum() > 20 and pre.sum() > 20                  # the test sees many pairs
-    ltp, ltd = _literal(pre, post, **KW)
     if bound == "soft":
-        expected = (1.5 - w) * ltp - (w + 0.5) * ltd
+        expected = stdp_omega_ref(pre, post, bound="soft", w=w, w_min=-0.5, w_max=1.5, **KW)
     else:
-        expected = ltp - ltd
+        expected = stdp_omega_ref(pre, post, **KW)
     err = float((omega - expected).abs().max())
     print(f"{bound}: |Ω| max {float(expected.abs().max()):.4f}, error {err:.2e}")
     assert err <= 1e-6

@@ -14,9 +14,9 @@ from torch.nn import functional as F
 from bimsnn.rules.base import Rule
 from bimsnn.rules.ssm_rtrl import (
     SSMTraceHandler,
-    _trace_inject_ref,
-    _TraceInject,
+    SSMTraceInject,
     ssm_handlers,
+    ssm_trace_inject_ref,
 )
 from bimsnn.ssm.mamba import MambaConfig, SelectiveSSM, SpikingMambaNet
 
@@ -117,7 +117,7 @@ def test_nonzero_initial_state_and_batch_change():
 
 
 def test_trace_inject_matches_tangent_twin():
-    """_TraceInject's backward equals autograd of h + Σ e·(θ − sg θ); identity forward."""
+    """SSMTraceInject's backward equals autograd of h + Σ e·(θ − sg θ); identity forward."""
     torch.manual_seed(4)
     Bsz, E, N, R = 2, 5, 3, 2
     f64 = {"dtype": torch.float64}
@@ -132,8 +132,8 @@ def test_trace_inject_matches_tangent_twin():
     gout = torch.randn(Bsz, E, N, **f64)
     W = params[1].detach()
     names = ("e_A", "e_b", "e_Wdt", "P", "e_WB")
-    out = _TraceInject.apply(h, W, R, *(tr[k] for k in names), *params)
-    out_ref = _trace_inject_ref(h, W, R, *(tr[k] for k in names), *params)
+    out = SSMTraceInject.apply(h, W, R, *(tr[k] for k in names), *params)
+    out_ref = ssm_trace_inject_ref(h, W, R, *(tr[k] for k in names), *params)
     assert torch.equal(out, h)
     torch.testing.assert_close(out_ref, h, rtol=0, atol=1e-12)
     got = torch.autograd.grad(out, params, gout)

@@ -48,6 +48,7 @@ from scipy.optimize import curve_fit
 from torch import Tensor, nn
 
 from bimsnn.neurons import Leaky, lif_multi_step
+from bimsnn.rules.stdp import stdp_window  # eq. 6 lives with the rule; re-exported here
 from bimsnn.surrogate import ATan
 
 __all__ = ["PairProtocol", "WindowFit", "stdp_window", "fit_window", "pair_window",
@@ -90,14 +91,6 @@ class WindowFit:
     def __str__(self) -> str:
         return (f"A+ = {self.A_plus:.4g}, tau+ = {self.tau_plus:.3g}, A- = {self.A_minus:.4g}, "
                 f"tau- = {self.tau_minus:.3g}, R^2 = {self.r2:.4f}")
-
-
-def stdp_window(dt, A_plus: float, tau_plus: float, A_minus: float, tau_minus: float):
-    """Eq. 6: W(Δt) = A+ exp(−Δt/τ+) for Δt ≥ 0, −A− exp(Δt/τ−) for Δt < 0 (numpy)."""
-    dt = np.asarray(dt, dtype=float)
-    with np.errstate(over="ignore"):   # the unused branch of where() may overflow
-        return np.where(dt >= 0, A_plus * np.exp(-dt / tau_plus),
-                        -A_minus * np.exp(dt / tau_minus))
 
 
 def fit_window(dts, dw, tau_bounds: tuple[float, float] = (0.1, 1e3)) -> WindowFit:

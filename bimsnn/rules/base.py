@@ -1,10 +1,12 @@
-"""The Rule interface shared by RTRL, STDP and Hybrid, and the hooks they observe through.
+"""The Rule interface shared by RTRL, STDP and Hybrid, and how a model's layers are paired.
 
-Symbols: B batch (leading dims flattened), N Linear in_features, H Leaky width, T time.
+Symbols: B batch, N Linear in_features, H neuron width, T time.
 
-A rule observes an *unmodified* model through forward (pre-)hooks on ``nn.Linear`` and
-``snntorch.Leaky`` (``bimsnn.Leaky`` is a subclass), keeps per-layer state in *handlers*,
-and writes ``.grad`` so that any torch optimizer applies it. Usage, once per sequence::
+A rule observes an *unmodified* model through forward (pre-)hooks on its connections
+(``nn.Linear``, ``nn.Conv1d``, ``nn.Conv2d``) and snnTorch neurons (``Leaky``, ``Synaptic``,
+``Alpha``, ``RLeaky``, ``RSynaptic``; ``bimsnn.Leaky``/``Synaptic`` subclass the first two),
+keeps per-layer state in *handlers*, and writes ``.grad`` so that any torch optimizer
+applies it. Usage, once per sequence::
 
     rule.reset(batch_size)
     for t in range(T):
@@ -13,47 +15,64 @@ and writes ``.grad`` so that any torch optimizer applies it. Usage, once per seq
     opt.step(); opt.zero_grad()
     rule.remove()                        # detaches every hook; the model is as before
 
-If the model's ``forward`` runs the whole time loop itself (snnTorch tutorial 5), call
-``rule.backward(sum_t loss_t)`` once after it: each step's graph is still separate (the
-carried state is detached), so the result is the same as per-step calls, only the user's
-stacked outputs keep T steps in memory.
+If the model's ``forward`` runs the whole time loop itself (snnTorch tutorials 5-7), call
+``rule.backward(loss)`` once after it: each step's graph is still separate (the carried
+state is detached), so the gradient is the same as with per-step calls; only the user's
+stacked outputs and each step's traces are then kept for T steps.
 
-Pairing (:func:`find_pairs`): each Leaky is paired with the ``nn.Linear`` registered most
-recently before it (module registration order), except that a module holding both
-``out_proj`` (Linear) and ``lif`` (Leaky) attributes, a SpikingMamba block, pairs those two.
-At every step a structural check asserts that the Leaky's input current *is* that Linear's
-output, possibly plus additive terms that do not depend on the Linear (a residual into the
-membrane, as in SpikingMamba), by walking the autograd graph of the current through add/select/view/copy nodes only.
-(Under ``no_grad`` there is no graph and only shapes are checked.) The Linear may run per
-step, once on a whole (T, B, N) sequence before a per-step Leaky loop, or once for a
-constant current. ``layers=[(fc, lif), ...]`` overrides the pairing; ``check=False`` skips
-the check (you then assert that ∂cur/∂fc.weight = ∂fc(x)/∂fc.weight).
+Pairing (:func:`find_pairs`): each neuron is paired with the connection registered most
+recently before it (module registration order; a neuron's own ``recurrent`` layer does not
+count), except that a module holding both ``out_proj`` (Linear) and ``lif`` (Leaky)
+attributes, a SpikingMamba block, pairs those two. In an ``nn.Sequential`` the modules
+between a connection and its neuron may only be pooling, ``Flatten`` or ``Identity``;
+anything else (Dropout, BatchNorm, ...) is a TypeError at attach time: put it *after* the
+neuron, where it only changes the next connection's input, which the hooks record. At
+every step a structural check (:func:`bimsnn.rules.connections.find_route`) confirms from
+the autograd graph that the neuron's input current is the connection's output, reshaped,
+pooled at most once (max or average), plus terms that do not depend on it (a residual into
+the membrane, as in SpikingMamba). The Linear may run per step, once on a whole (T, B, N)
+sequence before a per-step neuron loop, or once for a constant current.
+``layers=[(fc, lif), ...]`` overrides the pairing; ``check=False`` skips the check when
+shapes agree (you then assert that ∂cur/∂fc.weight = ∂fc(x)/∂fc.weight).
 
-Online: the Leaky's forward-pre hook replaces the incoming membrane (the ``mem`` argument,
-or the module's own ``mem`` buffer when none is passed) by a detached copy, so no autograd
-graph links step t to step t−1. Plasticity (traces, STDP's Ω) advances only while the
-Leaky is in train mode and, for rules with a gradient part (RTRL, Hybrid), grad mode is
-enabled: evaluation under ``model.eval()`` or ``torch.no_grad()`` leaves it untouched
-(hooks then just detach). Pure STDP also learns under ``no_grad`` (``plastic_without_grad``).
+Online: the neuron's forward-pre hook (:class:`~bimsnn.rules.taps.LayerTap`) replaces every
+incoming state (``mem``, ``syn``, ..., and a recurrent neuron's ``spk``), passed as an
+argument or held in the module's own buffer (``init_hidden=True``), by a detached copy, so
+no autograd graph links step t to step t−1. Plasticity (traces, STDP's Ω) advances only
+while the neuron is in train mode and, for rules with a gradient part (RTRL, Hybrid), grad
+mode is enabled: evaluation under ``model.eval()`` or ``torch.no_grad()`` leaves it
+untouched (hooks then just detach). Pure STDP also learns under ``no_grad``.
 
-Scope: module hooks see per-step calls ``lif(cur, mem)`` only. A fused ``multi_step`` or a
-parallel-scan ``forward`` bypasses them (``backward`` then warns once): stream with
-``model.step``. Other snnTorch neurons (Synaptic, RLeaky, ...) are not handled (warning):
-their state is not detached. SSM and conv state of SpikingMamba nets is detached by the
-handlers of :mod:`bimsnn.rules.ssm_rtrl` (RTRL, Hybrid with ``grad="rtrl"``); with pure
-STDP or ``grad="autograd"`` the caller detaches it (as :mod:`bimsnn.train` does).
+Scope: module hooks see per-step calls only. A fused ``multi_step`` or a parallel-scan
+``forward`` bypasses them (``backward`` then warns once): stream with ``model.step``. Any
+other snnTorch neuron in the model is a TypeError at attach time. SSM and conv state of
+SpikingMamba nets is detached by the handlers of :mod:`bimsnn.rules.ssm_rtrl` (RTRL,
+Hybrid with ``grad="rtrl"``); with pure STDP or ``grad="autograd"`` the caller detaches it.
+
+Extending (e.g. chunked learning): a handler subscribes to taps, as ``tap.injector`` (at most
+one: rewrites the incoming carried states, :class:`~bimsnn.rules.rtrl.LayerRTRL`) and/or in
+``tap.listeners`` (``on_step(tap)`` after each plastic neuron call, reading ``tap.x``,
+``tap.route``, ``tap.prev``, ``tap.spk``, ``tap.reset_sig``), and implements
+:class:`Handler`.
 """
 
 from __future__ import annotations
 
 import warnings
-import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Protocol
 
-import snntorch as snn
 import torch
 from torch import Tensor, nn
+
+from bimsnn.rules.connections import CONNECTIONS
+from bimsnn.rules.dynamics import is_neuron
+from bimsnn.rules.taps import LayerTap
+
+Pair = tuple[nn.Module, nn.Module]          # (connection, neuron)
+
+_ROUTING = (nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.Flatten, nn.Identity)
+_POOLING = _ROUTING[:4]
 
 
 class Handler(Protocol):
@@ -68,193 +87,111 @@ class Handler(Protocol):
     def remove(self) -> None: ...
 
 
-Pair = tuple[nn.Linear, snn.Leaky]
-
-# Leaky modules currently tapped: two rules on one Leaky would inject traces twice.
-_TAPPED: weakref.WeakSet = weakref.WeakSet()
-# Graph nodes through which the Linear output may reach the Leaky input unchanged (∂=I).
-_PASS_THROUGH = {"AddBackward", "UnbindBackward", "SelectBackward", "ToCopyBackward",
-                 "CloneBackward", "ViewBackward", "UnsafeViewBackward",
-                 "ReshapeAliasBackward", "AliasBackward"}
+def _inside_neurons(model: nn.Module) -> set[int]:
+    """ids of modules owned by a neuron (RLeaky's ``recurrent``): never a pairing source."""
+    return {id(sub) for m in model.modules() if is_neuron(m)
+            for sub in m.modules() if sub is not m}
 
 
 def find_pairs(model: nn.Module, layers: Sequence[Pair] | None = None
-               ) -> tuple[list[Pair], list[snn.Leaky]]:
-    """Linear→Leaky pairs of ``model`` (see module docstring) and the unpaired Leakies.
+               ) -> tuple[list[Pair], list[nn.Module]]:
+    """Connection→neuron pairs of ``model`` (see module docstring) and the unpaired neurons.
 
     Raises:
         ValueError: no pair found, or a bad ``layers`` entry.
     """
+    owned = _inside_neurons(model)
+    neurons = [m for m in model.modules() if is_neuron(m) and id(m) not in owned]
     if layers is not None:
         pairs = []
         for fc, lif in layers:
-            if not isinstance(fc, nn.Linear) or not isinstance(lif, snn.Leaky):
-                raise ValueError(f"layers entries must be (nn.Linear, snntorch.Leaky), got "
-                                 f"({type(fc).__name__}, {type(lif).__name__})")
+            if not isinstance(fc, CONNECTIONS) or not is_neuron(lif):
+                raise ValueError("layers entries must be (nn.Linear | nn.Conv1d | nn.Conv2d, "
+                                 f"snnTorch neuron), got ({type(fc).__name__}, "
+                                 f"{type(lif).__name__})")
             pairs.append((fc, lif))
         paired = {id(lif) for _, lif in pairs}
-        unpaired = [m for m in model.modules() if isinstance(m, snn.Leaky) and id(m) not in paired]
-    else:
-        preset: dict[int, nn.Linear] = {}
-        for m in model.modules():                      # SpikingMamba: out_proj → lif
-            fc, lif = getattr(m, "out_proj", None), getattr(m, "lif", None)
-            if isinstance(fc, nn.Linear) and isinstance(lif, snn.Leaky):
-                preset[id(lif)] = fc
-        preset_fc = {id(fc) for fc in preset.values()}
-        pairs, unpaired, last = [], [], None
-        for m in model.modules():
-            if isinstance(m, snn.Leaky):
-                fc = preset.get(id(m), last)
-                if fc is not None:
-                    pairs.append((fc, m))
-                else:
-                    unpaired.append(m)
-                last = None
-            elif isinstance(m, nn.Linear) and id(m) not in preset_fc:
-                last = m
+        return pairs, [m for m in neurons if id(m) not in paired]
+    preset: dict[int, nn.Module] = {}
+    for m in model.modules():                          # SpikingMamba: out_proj → lif
+        fc, lif = getattr(m, "out_proj", None), getattr(m, "lif", None)
+        if isinstance(fc, nn.Linear) and lif is not None and is_neuron(lif):
+            preset[id(lif)] = fc
+    preset_fc = {id(fc) for fc in preset.values()}
+    pairs, unpaired, last = [], [], None
+    for m in model.modules():
+        if id(m) in owned:
+            continue
+        if is_neuron(m):
+            fc = preset.get(id(m), last)
+            if fc is not None:
+                pairs.append((fc, m))
+            else:
+                unpaired.append(m)
+            last = None
+        elif isinstance(m, CONNECTIONS) and id(m) not in preset_fc:
+            last = m
     if not pairs:
         raise ValueError(
-            f"no nn.Linear → snntorch.Leaky pair found in {type(model).__name__}: rules need "
-            "a Linear registered before each Leaky, or pass layers=[(fc, lif), ...]")
+            f"no nn.Linear/nn.Conv1d/nn.Conv2d → neuron pair found in {type(model).__name__}: "
+            "rules need a connection registered before each neuron, or pass "
+            "layers=[(fc, lif), ...]")
     return pairs, unpaired
 
 
-def _feeds_additively(cur: Tensor, y: Tensor, fc: nn.Linear, max_depth: int = 8) -> bool:
-    """True if ``cur`` is ``y`` (or a slice of it) plus other terms, by the autograd graph."""
-    if cur is y:
-        return True
-    if y.grad_fn is None:
-        # No graph for y: fine if there is none for cur either (no_grad, frozen net); but a
-        # trainable fc that ran without grad cannot be what drives a cur that has a graph.
-        return cur.grad_fn is None or not fc.weight.requires_grad
-    stack = [(cur.grad_fn, 0)]
-    while stack:
-        node, depth = stack.pop()
-        if node is None or depth > max_depth:
+def _feeder_check(model: nn.Module, lif: nn.Module, names: dict) -> None:
+    """An unpaired neuron in a Sequential must not be fed by a layer with weights that is not
+    a supported connection (ConvTranspose2d, Conv3d, LSTM, ...): TypeError."""
+    for seq in model.modules():
+        kids = list(seq) if isinstance(seq, nn.Sequential) else []
+        if lif not in kids:
             continue
-        if node is y.grad_fn:
-            return True
-        if node.name().rstrip("0123456789") in _PASS_THROUGH:
-            stack.extend((n, depth + 1) for n, _ in node.next_functions)
-    return False
+        for mid in reversed(kids[:kids.index(lif)]):
+            if is_neuron(mid):
+                return
+            if any(True for _ in mid.parameters()):
+                raise TypeError(
+                    f"bimsnn.rules: {names.get(id(mid))} ({type(mid).__name__}) feeds neuron "
+                    f"{names.get(id(lif))} but is not a connection the rules can trace "
+                    "(nn.Linear, nn.Conv1d, nn.Conv2d); use one of those, or attach the rule "
+                    "to a submodule without it")
 
 
-class LayerTap:
-    """Hooks on one Linear→Leaky pair (``fc=None``: a Leaky that is only detached).
-
-    Per step it records, detached: ``x`` (B, N) the Linear input feeding this step,
-    ``mem_prev`` (B, H) the incoming membrane (None at the first step: zeros), ``spk``
-    (B, H). Subscribers: ``injector(mem_prev) -> mem`` (one, RTRL) rewrites the incoming
-    membrane; each of ``listeners`` gets ``on_step(tap)`` after the Leaky ran.
-    """
-
-    def __init__(self, fc: nn.Linear | None, lif: snn.Leaky, check: bool = True, name: str = "",
-                 plastic_without_grad: bool = False):
-        if lif in _TAPPED:
-            raise RuntimeError(f"{name or type(lif).__name__} already has a rule attached: "
-                               "call remove() on the other rule first")
-        _TAPPED.add(lif)
-        self.fc, self.lif, self.check, self.name = fc, lif, check, name
-        self.plastic_without_grad = plastic_without_grad
-        self.injector: Callable[[Tensor], Tensor] | None = None
-        self.listeners: list = []
-        self.x: Tensor | None = None
-        self.mem_prev: Tensor | None = None
-        self.spk: Tensor | None = None
-        self._xs: Tensor | None = None     # last Linear input (N,) / (B, N) / (T, B, N)
-        self._y: Tensor | None = None      # last Linear output (kept for the check)
-        self._k = 0                        # Leaky calls since that Linear call
-        self.steps = 0                     # plastic Leaky calls since reset()
-        self._hooks = [lif.register_forward_pre_hook(self._pre, with_kwargs=True),
-                       lif.register_forward_hook(self._post)]
-        if fc is not None:
-            self._hooks.append(fc.register_forward_hook(self._fc_hook))
-
-    # -- Handler protocol -------------------------------------------------------------
-    def reset(self, batch_size: int) -> None:
-        self.x = self.mem_prev = self.spk = None
-        self.steps = 0
-
-    def after_backward(self) -> None:
-        pass
-
-    def remove(self) -> None:
-        for h in self._hooks:
-            h.remove()
-        self._hooks.clear()
-        _TAPPED.discard(self.lif)
-        self.x = self.mem_prev = self.spk = self._xs = self._y = None
-
-    # -- hooks ------------------------------------------------------------------------
-    def _active(self) -> bool:
-        return self.lif.training and (self.plastic_without_grad or torch.is_grad_enabled())
-
-    def _fc_hook(self, fc: nn.Module, args: tuple, out: Tensor) -> None:
-        self._xs, self._y, self._k = args[0].detach(), out, 0
-
-    def _step_input(self, cur: Tensor) -> Tensor:
-        y = self._y
-        if y is None:
-            raise RuntimeError(f"{self.name}: the Leaky ran before its paired Linear; pair "
-                               "explicitly with layers=[(fc, lif), ...]")
-        if y.shape == cur.shape:
-            x = self._xs
-        elif y.dim() == cur.dim() + 1 and y.shape[1:] == cur.shape:   # Linear ran on (T, ...)
-            if self._k >= y.shape[0]:
-                raise RuntimeError(f"{self.name}: Leaky called more often than the Linear's "
-                                   f"sequence length {y.shape[0]}")
-            x = self._xs[self._k]
-            self._k += 1
-        else:
-            raise RuntimeError(f"{self.name}: Leaky input {tuple(cur.shape)} does not match "
-                               f"its paired Linear output {tuple(y.shape)}; pass layers=...")
-        if self.check and not _feeds_additively(cur, y, self.fc):
-            raise RuntimeError(
-                f"{self.name}: the Leaky's input is not its paired Linear's output (plus an "
-                "additive residual); pass layers=[(fc, lif), ...] or check=False")
-        return x
-
-    def _pre(self, lif: nn.Module, args: tuple, kwargs: dict):
-        cur = args[0] if args else kwargs["input_"]
-        active = self._active()
-        if self.fc is not None and active:
-            self.x = self._step_input(cur)
-        if len(args) > 1 and args[1] is not None:
-            mem, slot = args[1], "arg"
-        elif kwargs.get("mem") is not None:
-            mem, slot = kwargs["mem"], "kw"
-        else:
-            mem, slot = getattr(lif, "mem", None), "buf"
-        if not isinstance(mem, Tensor):
-            self.mem_prev = None
-            return None
-        new = mem.detach()                                 # online: cut the link to t−1
-        self.mem_prev = new if new.shape == cur.shape else None   # else Leaky zero-inits
-        if (self.mem_prev is not None and self.injector is not None and active
-                and torch.is_grad_enabled()):    # (no graph, nothing to inject into)
-            new = self.injector(new)
-        if slot == "arg":
-            args = (args[0], new, *args[2:])
-        elif slot == "kw":
-            kwargs = {**kwargs, "mem": new}
-        else:
-            lif.mem = new
-        return args, kwargs
-
-    def _post(self, lif: nn.Module, args: tuple, out) -> None:
-        spk = out[0] if isinstance(out, tuple) else out
-        self.spk = spk.detach()
-        if self._active():
-            self.steps += 1
-            for listener in self.listeners:
-                listener.on_step(self)
+def _between(model: nn.Module, fc: nn.Module, lif: nn.Module, names: dict) -> nn.Module | None:
+    """Check the Sequential siblings between fc and lif (TypeError); return a pooling one."""
+    for seq in model.modules():
+        if not isinstance(seq, nn.Sequential):
+            continue
+        kids = list(seq)
+        ids = [id(k) for k in kids]
+        if id(fc) not in ids or id(lif) not in ids:
+            continue
+        i, j = ids.index(id(fc)), ids.index(id(lif))
+        pool = None
+        for mid in kids[i + 1:j]:
+            if not isinstance(mid, _ROUTING):
+                hint = (" Dropout before a neuron masks its input current; place it after the "
+                        "neuron." if isinstance(mid, nn.Dropout) else "")
+                raise TypeError(
+                    f"bimsnn.rules: {names.get(id(mid))} ({type(mid).__name__}) sits between "
+                    f"{names.get(id(fc))} and its neuron {names.get(id(lif))}; only pooling, "
+                    "Flatten or Identity may (the input current must be the connection's "
+                    "output, pooled at most once). Move it after the neuron, or pair "
+                    f"explicitly with layers=[(fc, lif), ...].{hint}")
+            if isinstance(mid, _POOLING):
+                if pool is not None:
+                    raise TypeError(f"bimsnn.rules: two pooling layers between "
+                                    f"{names.get(id(fc))} and {names.get(id(lif))}")
+                pool = mid
+        return pool
+    return None
 
 
 class Rule:
     """Base class: owns handlers and forwards reset/backward/remove to them.
 
-    Subclasses call :meth:`_attach_taps` to hook every Linear→Leaky pair. ``pairs`` lists
-    them in order. A rule is also a context manager that calls :meth:`remove` on exit.
+    Subclasses call :meth:`_attach_taps` to hook every connection→neuron pair. ``pairs``
+    lists them in order. A rule is also a context manager that calls :meth:`remove` on exit.
     """
 
     def __init__(self, model: nn.Module | None):
@@ -271,26 +208,33 @@ class Rule:
 
     def _attach_taps(self, layers: Sequence[Pair] | None = None, check: bool = True
                      ) -> list[LayerTap]:
-        pairs, unpaired = find_pairs(self.model, layers)
         names = {id(m): n for n, m in self.model.named_modules()}
+        try:
+            pairs, unpaired = find_pairs(self.model, layers)
+        except ValueError:
+            if layers is None:              # a more useful error: what feeds the neurons
+                for m in self.model.modules():
+                    if is_neuron(m):
+                        _feeder_check(self.model, m, names)
+            raise
         taps: list[LayerTap] = []
         try:
             for fc, lif in pairs:
+                pool = None if layers is not None else _between(self.model, fc, lif, names)
                 taps.append(LayerTap(fc, lif, check, f"{names.get(id(fc))}→{names.get(id(lif))}",
-                                     self.plastic_without_grad))
+                                     self.plastic_without_grad, pool=pool))
             for lif in unpaired:
-                warnings.warn(f"Leaky {names.get(id(lif))} has no paired Linear: its state is "
-                              "detached but it gets no trace", stacklevel=3)
+                if layers is None:
+                    _feeder_check(self.model, lif, names)
                 taps.append(LayerTap(None, lif, check, names.get(id(lif), ""),
                                      self.plastic_without_grad))
+                warnings.warn(f"{names.get(id(lif))} ({type(lif).__name__}) has no paired "
+                              "connection: its state is detached but it gets no trace",
+                              stacklevel=3)
         except Exception:
             for t in taps:
                 t.remove()
             raise
-        for n, m in self.model.named_modules():
-            if isinstance(m, snn.SpikingNeuron) and not isinstance(m, snn.Leaky):
-                warnings.warn(f"{n} ({type(m).__name__}) is not supported by bimsnn.rules: "
-                              "its state is not detached between steps", stacklevel=3)
         self.taps = taps
         return taps
 
@@ -306,12 +250,12 @@ class Rule:
             h.after_backward()
 
     def _warn_if_blind(self) -> None:
-        """Warn once if a paired Leaky ran no per-step call since reset (e.g. a fused
+        """Warn once if a paired neuron ran no per-step call since reset (e.g. a fused
         ``multi_step`` or parallel ``forward`` bypasses module hooks: use ``model.step``)."""
         blind = [t.name for t in self.taps if t.fc is not None and t.steps == 0]
         if blind and not self._warned_blind:
             self._warned_blind = True
-            warnings.warn(f"{type(self).__name__}: no per-step Leaky call seen for {blind} "
+            warnings.warn(f"{type(self).__name__}: no per-step neuron call seen for {blind} "
                           "since reset(): those layers get no traces (a fused multi_step "
                           "or model.eval() bypasses the hooks)", stacklevel=3)
 
@@ -328,9 +272,6 @@ class Rule:
 
     def __exit__(self, *exc) -> None:
         self.remove()
-
-    def _accumulate(self, param: Tensor, value: Tensor) -> None:
-        accumulate_grad(param, value)
 
 
 @torch.no_grad()

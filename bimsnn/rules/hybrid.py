@@ -14,8 +14,9 @@ plain within-step autograd with the carried state detached and no traces
 (``grad="autograd"``, the cheapest online gradient, truncated to one step; it installs no
 SSM handlers, so SpikingMamba state must then be detached by the caller).
 
-λ may be one float, a sequence with one λ per Linear→Leaky pair (see ``rule.pairs``), or a
-dict {module: λ}: a pair is looked up by its Linear or its Leaky, any other module sets
+λ may be one float, a sequence with one λ per connection→neuron pair (see ``rule.pairs``),
+or a dict {module: λ}: a pair is looked up by its connection or its neuron (a recurrent
+neuron's own weights follow its pair), any other module sets
 λ for its own parameters. With a float, λ scales the gradient of *every* parameter
 (eq. 4 literally: λ = 0 trains nothing but STDP); with a sequence or dict, unlisted
 parameters get λ = 1 (plain gradient; give a readout λ = 1 this way).
@@ -23,8 +24,8 @@ parameters get λ = 1 (plain gradient; give a readout λ = 1 this way).
 Units. Ω is in A± units and ∂L/∂w in loss units, so how much λ mixes depends on A±, the
 loss scale and the optimizer: under Adam, which normalises each weight's update, an
 STDP term far larger than a weight's gradient sets that weight's direction whatever λ
-(FSDD: λ = 0.99 with A+ = 1e-2 stays at chance). ``balance=True`` makes λ a share of the
-update norm instead. Per pair weight W and per sequence (since :meth:`reset`), with
+(measured: docs/rules_support.md). ``balance=True`` makes λ a share of the
+update norm instead. Per connection weight W and per sequence (since :meth:`reset`), with
 G = Σ_t ∂L_t/∂W and Ω = Σ_t Ω_t, ``.grad`` then holds::
 
     λ·G − (1 − λ)·‖G‖·Ω/‖Ω‖                                            (after every step)
@@ -35,8 +36,7 @@ grow (the rule writes the difference), so ``.grad`` is the formula above after e
 It needs λ > 0 on every pair (‖G‖ is measured through the λ-scaled gradient).
 Balance fixes the *norm* share, not Adam's per-weight normalisation: an STDP direction
 that keeps its sign across batches (Hebbian growth) still earns full-size Adam steps
-while the gradient's sign fluctuates. On FSDD (benchmarks/speech.py, λ = 0.5, AdamW
-1e-3) the input weights' norm grew 5 → 16 in 6 epochs; with SGD the mix is exactly λ.
+while the gradient's sign fluctuates (docs/rules_support.md); with SGD the mix is exactly λ.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ import torch
 from torch import Tensor, nn
 
 from bimsnn.rules.base import Pair, Rule, accumulate_grad
-from bimsnn.rules.rtrl import LeakyRTRL, _ssm_handlers
+from bimsnn.rules.rtrl import LayerRTRL, _ssm_handlers
 from bimsnn.rules.stdp import STDP
 
 
@@ -62,7 +62,7 @@ class Hybrid(Rule):
     """λ·gradient − (1 − λ)·STDP into ``.grad`` (eq. 4); see module docstring.
 
     Args:
-        model: the network (Linear→Leaky pairs, as for :class:`~bimsnn.rules.rtrl.RTRL`).
+        model: the network (connection→neuron pairs, as for :class:`~bimsnn.rules.rtrl.RTRL`).
         lam: λ, a float, per-pair sequence, or {module: λ} dict.
         stdp: an :class:`STDP` giving amplitudes, time constants and bounds; either
             unattached (``STDP(A_plus=...)``) or attached to this same model, in which case
@@ -71,6 +71,8 @@ class Hybrid(Rule):
         balance: rescale the STDP term to (1 − λ)·‖G‖ per pair weight and sequence
             (see the module docstring); the default False is eq. 4 literally.
         layers, check: pairing override and structural check (see :mod:`bimsnn.rules.base`).
+        pool_traces: RTRL's trace layout with max pooling before a neuron (see
+            :mod:`bimsnn.rules.rtrl`).
 
     ``rule.stdp.omegas`` holds each pair's Ω since the last :meth:`reset`.
     """
@@ -78,7 +80,7 @@ class Hybrid(Rule):
     def __init__(self, model: nn.Module, lam: float | Sequence[float] | Mapping = 0.5,
                  stdp: STDP | None = None, grad: str = "rtrl",
                  layers: Sequence[Pair] | None = None, check: bool = True,
-                 balance: bool = False):
+                 balance: bool = False, pool_traces: str = "exact"):
         super().__init__(model)
         if grad not in ("rtrl", "autograd"):
             raise ValueError(f"grad must be 'rtrl' or 'autograd', got {grad!r}")
@@ -91,14 +93,15 @@ class Hybrid(Rule):
         try:
             self.grad_handlers: list = []
             if grad == "rtrl":
-                self.grad_handlers = [LeakyRTRL(t) for t in taps if t.fc is not None]
+                self.grad_handlers = [LayerRTRL(t, pool_traces) for t in taps
+                                      if t.fc is not None]
                 self.grad_handlers += _ssm_handlers(self, model)
             self.stdp, self.grad = stdp, grad
             self.stdp_layers = stdp.bind(taps)
             self._set_lam(lam)
             self.balance = bool(balance)
             if self.balance:
-                if min(self.pair_lam, default=1.0) <= 0.0:
+                if min(self.layer_lam, default=1.0) <= 0.0:
                     raise ValueError("balance=True needs λ > 0 on every pair: ‖G‖ is read "
                                      "from the λ-scaled gradient")
                 for layer in self.stdp_layers:
@@ -129,7 +132,9 @@ class Hybrid(Rule):
         for (fc, lif), v in zip(pairs, pair_lam):
             for p in (*fc.parameters(), *lif.parameters()):
                 per_param[p] = v
-        for layer, v in zip(self.stdp_layers, pair_lam):
+        tap_lam = {id(lif): v for (_, lif), v in zip(pairs, pair_lam)}
+        self.layer_lam = [tap_lam[id(layer.tap.lif)] for layer in self.stdp_layers]
+        for layer, v in zip(self.stdp_layers, self.layer_lam):
             layer.scale = 1.0 - v
         self.pair_lam = pair_lam
         lams = {per_param.get(p, 1.0) for p in params}
@@ -149,7 +154,7 @@ class Hybrid(Rule):
         """Add λ·∂L_t/∂w − (1 − λ)·Ω_t to ``.grad`` (either term may be absent); with
         ``balance``, the STDP part is rescaled as in the module docstring."""
         self._warn_if_blind()
-        weights = [h.tap.fc.weight for h in self.stdp_layers] if self.balance else []
+        weights = [h.weight for h in self.stdp_layers] if self.balance else []
         g_before = [None if w.grad is None else w.grad.detach().clone() for w in weights]
         if loss_t is not None:
             if self._uniform is not None:
@@ -187,7 +192,7 @@ class Hybrid(Rule):
         for k, (w, g0, h) in enumerate(zip(weights, g_before, self.stdp_layers)):
             if w.grad is not None:
                 self._G[k] += w.grad if g0 is None else w.grad - g0
-            lam = self.pair_lam[k]
+            lam = self.layer_lam[k]
             n_omega = h.omega.norm()
             if lam >= 1.0 or n_omega == 0:
                 continue

@@ -1,175 +1,274 @@
-"""RTRL for Linear→Leaky layers (paper eq. 7-8), online, by gradient injection.
+"""RTRL for connection→neuron layers (paper eq. 7-8), online, by gradient injection.
 
-Symbols: B batch (leading dims flattened), N Linear in_features, H Leaky width,
-T time, W (H, N) weight, b (H,) bias, β̂ = clamp(β, 0, 1), ϑ threshold.
+Symbols: B batch, S per-sample state shape, k, l carried states (``mem``; ``syn``, ``mem``;
+...), W a connection weight, x_t its presynaptic input, O output units, P neuron
+positions per unit, F fan-in, r_t snnTorch's detached reset, J, c as in
+:mod:`bimsnn.rules.dynamics`.
 
-snnTorch's Leaky (reset computed from the *previous* membrane and detached)::
+With J^{kl}(t) = ∂state^k_t/∂state^l_{t−1} and c^k = ∂state^k_t/∂I_t, eq. 7's eligibility
+e^k_W(t) = ∂state^k_t/∂W obeys (:func:`bimsnn.rules.traces.filter_step`)::
 
-    r_t   = H(m_{t−1} − ϑ)                                     # detached
-    mem_t = β̂ ⊙ m_{t−1} + W x_t + b − r_t ⊙ ϑ                  # reset "subtract"
-    mem_t = β̂ ⊙ (1 − r_t) ⊙ m_{t−1} + W x_t + b                 # reset "zero"
-    mem_t = β̂ ⊙ m_{t−1} + W x_t + b                            # reset "none"
+    e^k_W(t) = Σ_l J^{kl}(t) e^l_W(t−1) + c^k(t) ∂I_t/∂W
 
-With a_t = ∂mem_t/∂m_{t−1} (β̂, or β̂(1 − r_t) for "zero"), eq. 7
-e_ij(t) = Σ_k ∂f_i/∂x_k e_kj(t−1) + ∂f_i/∂w_ij is diagonal in i::
+Leaky: e_W(t) = β̂ e_W(t−1) + x_t (the STDP pre-trace); Synaptic: the two-stage α then β
+filter. Two layouts:
 
-    e^W_ij(t) = a_i(t) e^W_ij(t−1) + x_j(t)      (scalar a: e_j(t), the STDP pre-trace, (B, N))
-    e^b_i(t)  = a_i(t) e^b_i(t−1) + 1
-    e^β_i(t)  = a_i(t) e^β_i(t−1) + [0 ≤ β ≤ 1] m_{t−1,i} (· (1 − r_t) for "zero")   learn_beta
-    e^ϑ_i(t)  = a_i(t) e^ϑ_i(t−1) − r_{t,i}      ("subtract"; 0 otherwise)       learn_threshold
+* "pre" (J, c one scalar, route constant): e^k lives in presynaptic space, the shape of
+  x_t: (B, N), or (B, C, *in) for a conv, the filtered input whose patches are the
+  eligibility. Memory per state: one input.
+* "post" (a per-channel β, reset "zero", Alpha's reset, or max pooling before the
+  neuron): e^k[o, b, p, f] per output unit, stored (O, B, P, F); the drive is the patch
+  that unit read at step t (through the pooling selection). Memory per state B·O·P·F.
 
-Eq. 8 by injection: the Leaky's pre-hook replaces m_{t−1} with
-``TraceInject(m_{t−1}.detach(), e(t−1), W, b, …)``, whose forward is the identity and whose
-backward adds g ⊗ e(t−1) into each parameter's gradient, g = ∂L_t/∂m_{t−1} being computed
-by autograd through ``mem_t = a_t·m_{t−1} + …``. Within-step autograd adds the immediate
-term, so a step's backward yields ∂L_t/∂mem_t · e(t): eq. 8 for that step.
+Biases and neuron parameters (β, α, ϑ, V) get per-neuron traces (B, *S) with their
+immediate terms. Eq. 8 by injection: the neuron's pre-hook replaces each carried state
+s^k_{t−1} by ``NeuronTraceInject(s_{t−1}, e(t−1), θ)``, an identity whose backward adds
+Σ_k g_k · e^k(t−1) into each θ's gradient, g_k = ∂L_t/∂s^k_{t−1} being computed by
+autograd through the step; within-step autograd adds the immediate term, so a step's
+backward yields ∂L_t/∂θ exactly (eq. 8 for that step). For a conv the contraction
+Σ_k g_k · e^k is one ``conv2d_weight`` call ("pre") or an einsum ("post").
 
-What it computes: exactly BPTT's gradient for one layer (any loss on its spikes and/or
-membrane, at every step). For stacked layers the error is back-propagated spatially
-within the current step only: the paths W^l → out^l_{t'} → state^{l+1}_{t'} → … →
-L_t for t' < t (later layers' state depending on earlier layers' *past* outputs) are
-dropped. Each layer's own recurrence is exact. Measured (tests/test_rules_rtrl.py, β = 0.9):
-per-tensor cosine to BPTT ≥ 0.99, but layer l's gradient is ~(1 − β)^(L−l) times BPTT's
-(0.12 for the first of 2 layers, 0.015 for the first of 3): the dropped paths run through
-later leaky integrators, which sum ~1/(1 − β) past steps. The last layer is exact.
-Per-parameter adaptive optimizers (Adam) absorb the scale. Other parameters (a readout Linear with no
-Leaky after it) get within-step autograd gradients; SelectiveSSMs get the exact traces
-of :mod:`bimsnn.rules.ssm_rtrl` through ``ssm_handlers``.
+What it computes:
 
-Not supported (ValueError): ``reset_delay=False``, ``inhibition=True``, ``state_quant``.
+* One feed-forward layer (Leaky, Synaptic, Alpha; Linear or Conv1d/2d; with or without
+  pooling before the neuron): exactly BPTT's gradient for any loss on its outputs at any
+  steps.
+* RLeaky / RSynaptic: e-prop (Bellec et al. 2020). The incoming spikes s_{t−1} are
+  detached, so recurrent weights get e-prop's trace (filtered previous spikes) and every
+  gradient is exact *apart from the spike-to-membrane recurrent Jacobian*
+  ∂I_t/∂s_{t−1}·∂s_{t−1}/∂m_{t−1}, which e-prop drops.
+* Stacked layers: the error is back-propagated spatially within the current step only;
+  paths through later layers' *past* states are dropped. Each layer's own recurrence is
+  exact and the last layer is exact; earlier layers' gradients keep their direction
+  (per-tensor cosine to BPTT ≥ 0.95 in tests/test_rules_rtrl.py) but shrink by about
+  (1 − β) per later leaky layer, which per-parameter optimizers (Adam) absorb.
+  Other parameters (a readout with no neuron after it) get within-step gradients;
+  SelectiveSSMs get the exact traces of :mod:`bimsnn.rules.ssm_rtrl`.
+
+``pool_traces="input"`` keeps "pre" traces when max pooling sits before the neuron and
+routes the error through the previous step's selection: memory of one input instead of
+B·O·P·F, approximate when the pooling winner moves. Not supported (TypeError at attach):
+``reset_delay=False``, ``inhibition=True``, ``state_quant``, Alpha with learnable α or β.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from bimsnn.rules.base import LayerTap, Pair, Rule
-from bimsnn.rules.traces import Trace
-
-_SUBTRACT, _ZERO, _NONE = 0, 1, 2      # snnTorch's reset_mechanism_val
-
-
-def _contract(g: Tensor, kind: str, e: Tensor, shape: torch.Size) -> Tensor:
-    """Σ_b g ⊗ e reduced to a parameter's shape. g: (B, H); e: (B, N), (B, H, N) or (B, H)."""
-    e = e.to(g.dtype)
-    if kind == "outer":
-        return g.t() @ e if e.dim() == 2 else torch.einsum("bh,bhn->hn", g, e)  # (H, N)
-    v = (g * e).sum(0)                                                          # (H,)
-    return v.sum().reshape(shape) if shape.numel() == 1 else v.reshape(shape)
+from bimsnn.rules.base import Pair, Rule
+from bimsnn.rules.connections import Connection, Route
+from bimsnn.rules.dynamics import check_traceable, learnable_params, linearize
+from bimsnn.rules.taps import LayerTap
+from bimsnn.rules.traces import filter_step
 
 
-class TraceInject(torch.autograd.Function):
-    """Identity on the membrane whose backward also adds g ⊗ e(t−1) to each parameter.
+def _contract(kind: str, es: tuple, meta, gs: tuple, shape: torch.Size) -> Tensor:
+    """Σ_k g_k · e^k reduced to a parameter's shape (see :class:`NeuronTraceInject`)."""
+    pairs = [(g, e) for g, e in zip(gs, es) if e is not None]
+    if kind == "diag":
+        return sum((g * e).sum(0) for g, e in pairs).sum_to_size(shape)
+    conn, route = meta
+    if kind == "bias":
+        return sum((conn.canon(g) * e).sum((0, 2)) for g, e in pairs)
+    if kind == "post":                 # one bmm over units o: (1, B·P) @ (B·P, F)
+        out = 0
+        for g, e in pairs:
+            O, F = e.shape[0], e.shape[-1]
+            gt = conn.canon(g).transpose(0, 1).reshape(O, 1, -1)                 # (O, 1, B·P)
+            out = out + torch.bmm(gt, e.to(g.dtype).reshape(O, -1, F))[:, 0]
+        return out.reshape(shape)
+    post = torch.cat([route.T(conn.canon(g)) for g, _ in pairs])             # "pre"
+    return conn.outer(torch.cat([e for _, e in pairs]), post).reshape(shape)
 
-    ``apply(mem, spec, *params)``: mem (..., H); spec a tuple of (kind, e) per param, kind
-    "outer" (e (B, N) or (B, H, N), param (H, N)) or "diag" (e (B, H), param (H,), (1,)
-    or ()). Its backward is deliberately *not* the derivative of its forward (the forward
-    does not depend on the params), so gradcheck does not apply; the test compares it with
-    :func:`trace_inject_ref`, which computes the same gradients with plain autograd.
+
+class NeuronTraceInject(torch.autograd.Function):
+    """Identity on the carried states whose backward also adds Σ_k g_k · e^k(t−1) to θ.
+
+    ``apply(spec, n, *states, *params)``: ``states`` n tensors (B, *S); ``spec`` one entry
+    ``(kind, (e^1, ..., e^n), meta)`` per param, kind
+
+    * "pre": e^k presynaptic (B, *in), meta (Connection, Route): ``conn.outer(e, route.T(g))``;
+    * "post": e^k (O, B, P, F), meta (Connection, None): Σ_{b,p} g[b,o,p] e[o,b,p,f];
+    * "bias": e^k (B, O, P), meta (Connection, None): Σ_{b,p} g e per output unit;
+    * "diag": e^k (B, *S), meta None: Σ_b g e, summed to the parameter's shape.
+
+    (e^k may be None: zero.) Its backward is deliberately *not* the derivative of its
+    forward (the forward does not depend on the params), so gradcheck does not apply; the
+    tests compare it with :func:`neuron_trace_inject_ref`, the same with plain autograd.
     """
 
     @staticmethod
-    def forward(ctx, mem: Tensor, spec: tuple, *params: Tensor) -> Tensor:
-        ctx.spec = spec
-        ctx.shapes = [p.shape for p in params]
-        return mem.clone()
+    def forward(ctx, spec: tuple, n: int, *tensors: Tensor):
+        ctx.spec, ctx.n = spec, n
+        ctx.shapes = [p.shape for p in tensors[n:]]
+        return tuple(s.clone() for s in tensors[:n])
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, g: Tensor):
-        g2 = g.reshape(-1, g.shape[-1])                                         # (B, H)
-        grads = [_contract(g2, kind, e, shape) for (kind, e), shape in zip(ctx.spec, ctx.shapes)]
-        return (g if ctx.needs_input_grad[0] else None, None, *grads)
+    def backward(ctx, *gs: Tensor):
+        grads = [_contract(kind, es, meta, gs, shape)
+                 for (kind, es, meta), shape in zip(ctx.spec, ctx.shapes)]
+        states = [g if ctx.needs_input_grad[2 + i] else None for i, g in enumerate(gs)]
+        return (None, None, *states, *grads)
 
 
-def trace_inject_ref(mem: Tensor, spec: tuple, *params: Tensor) -> Tensor:
-    """Reference twin of :class:`TraceInject`: ``mem + Σ e·(p − p.detach())`` (value = mem)."""
-    m2 = mem.reshape(-1, mem.shape[-1])
-    for (kind, e), p in zip(spec, params):
-        d = p - p.detach()                                     # zero, but carries ∂/∂p = I
-        if kind == "outer":
-            m2 = m2 + (e @ d.t() if e.dim() == 2 else torch.einsum("bhn,hn->bh", e, d))
-        else:
-            m2 = m2 + e * d
-    return m2.reshape(mem.shape)
+def neuron_trace_inject_ref(spec: tuple, n: int, *tensors: Tensor) -> tuple[Tensor, ...]:
+    """Reference twin of :class:`NeuronTraceInject`: s_k + Σ_θ e^k ⋆ (θ − θ.detach()).
+
+    Each term is the linear map whose adjoint the fast path contracts with (the connection
+    itself for "pre", through the route), so plain autograd gives the same gradients.
+    """
+    states, params = list(tensors[:n]), tensors[n:]
+    out = []
+    for k, s in enumerate(states):
+        acc = s
+        for (kind, es, meta), p in zip(spec, params):
+            e = es[k]
+            if e is None:
+                continue
+            d = p - p.detach()                             # zero, but carries ∂/∂p = I
+            if kind == "diag":
+                term = e * d
+            elif kind == "bias":
+                term = e * d[None, :, None]
+            elif kind == "post":
+                term = torch.einsum("obpf,of->bop", e.to(d.dtype), d.reshape(d.shape[0], -1))
+            else:
+                conn, route = meta
+                term = route.fwd(conn.canon(conn.apply(e, d)))
+            acc = acc + term.reshape(s.shape)
+        out.append(acc)
+    return tuple(out)
 
 
-def _check_supported(lif: nn.Module, name: str) -> None:
-    bad = [k for k, ok in (("reset_delay=False", getattr(lif, "reset_delay", True)),
-                           ("inhibition=True", not getattr(lif, "inhibition", False)),
-                           ("state_quant", not getattr(lif, "state_quant", False))) if not ok]
-    if bad:
-        raise ValueError(f"RTRL: Leaky {name} uses {', '.join(bad)}, whose state Jacobian "
-                         "is not β̂ or β̂(1−r); not supported")
+@dataclass
+class _Item:
+    """One traced parameter of a layer."""
+
+    name: str
+    param: Tensor
+    kind: str                          # "w" (weight), "bias", "diag"
+    conn: Connection | None = None
+    recurrent: bool = False
+    rep: str = ""                      # "pre" | "post" for weights, set per sequence
 
 
-class LeakyRTRL:
-    """Eligibility traces of one Linear→Leaky pair (a Handler; see module docstring)."""
+class LayerRTRL:
+    """Eligibility traces of one connection→neuron layer (a Handler; see module docstring).
 
-    def __init__(self, tap: LayerTap):
-        _check_supported(tap.lif, tap.name)
-        self.tap = tap
-        self.params = {"weight": tap.fc.weight, "bias": tap.fc.bias,
-                       "beta": tap.lif.beta, "threshold": tap.lif.threshold}
-        self.traces = {k: Trace() for k in self.params}
+    Attributes: ``traces`` {item name: {state: tensor | None}}; ``items`` the traced
+    parameters ("ff.weight", "ff.bias", "rec.weight", "rec.bias", "beta", "alpha",
+    "threshold", "V").
+    """
+
+    def __init__(self, tap: LayerTap, pool_traces: str = "exact"):
+        if pool_traces not in ("exact", "input"):
+            raise ValueError(f"pool_traces must be 'exact' or 'input', got {pool_traces!r}")
+        check_traceable(tap.lif, tap.spec, tap.name)
+        self.tap, self.spec, self.pool_traces = tap, tap.spec, pool_traces
+        items = []
+        for prefix, conn, rec in (("ff", tap.conn, False), ("rec", tap.rec, True)):
+            if conn is None:
+                continue
+            if conn.weight.requires_grad:
+                items.append(_Item(f"{prefix}.weight", conn.weight, "w", conn, rec))
+            if conn.bias is not None and conn.bias.requires_grad:
+                items.append(_Item(f"{prefix}.bias", conn.bias, "bias", conn, rec))
+        self.nparams = learnable_params(tap.lif, tap.spec)
+        items += [_Item(k, v, "diag") for k, v in self.nparams.items()]
+        self.items = items
+        self.traces: dict[str, dict[str, Tensor | None]] = {}
+        self._route_prev: Route | None = None
         tap.injector = self.inject
         tap.listeners.append(self)
 
-    @property
-    def mode(self) -> int:
-        return int(self.tap.lif.reset_mechanism_val)
-
-    def _learnable(self, name: str) -> bool:
-        p = self.params[name]
-        if name == "threshold" and self.mode != _SUBTRACT:
-            return False                   # ϑ only enters through the detached reset
-        return isinstance(p, Tensor) and p.requires_grad
-
-    def inject(self, mem_prev: Tensor) -> Tensor:
+    # -- eq. 8: injection ------------------------------------------------------------
+    def inject(self, carried: dict[str, Tensor | None]) -> dict[str, Tensor]:
+        states = [s for s in self.spec.states if carried[s] is not None]
         spec, params = [], []
-        for name, p in self.params.items():
-            e = self.traces[name].value
-            if e is not None and self._learnable(name):
-                spec.append(("outer" if name == "weight" else "diag", e))
-                params.append(p)
-        return TraceInject.apply(mem_prev, tuple(spec), *params) if params else mem_prev
+        for it in self.items:
+            tr = self.traces.get(it.name)
+            es = tuple(None if tr is None else tr.get(s) for s in states)
+            if all(e is None for e in es):
+                continue
+            if it.kind == "w":
+                route = self._route_prev if not it.recurrent else None
+                if route is None:
+                    route = Route("id", it.conn.O, 0)
+                spec.append((it.rep, es, (it.conn, route)))
+            else:
+                spec.append((it.kind, es, (it.conn, None) if it.kind == "bias" else None))
+            params.append(it.param)
+        if not params:
+            return {}
+        out = NeuronTraceInject.apply(tuple(spec), len(states),
+                                      *(carried[s] for s in states), *params)
+        return dict(zip(states, out))
 
+    # -- eq. 7: trace update ---------------------------------------------------------
     @torch.no_grad()
     def on_step(self, tap: LayerTap) -> None:
-        """Advance e(t−1) → e(t) with this step's x_t, m_{t−1}, r_t (eq. 7)."""
-        lif, H = tap.lif, tap.fc.out_features
-        x = tap.x.reshape(-1, tap.x.shape[-1])                               # (B, N)
-        B = x.shape[0]
-        m = (tap.mem_prev.reshape(B, H) if tap.mem_prev is not None
-             else x.new_zeros(B, H))                                         # (B, H)
-        beta = lif.beta.detach()
-        thr = lif.threshold.detach()
-        r = (m > thr).to(m.dtype)                       # snnTorch's mem_reset: H(m − ϑ)
-        a = beta.clamp(0, 1)
-        if self.mode == _ZERO:
-            a = a * (1 - r)                                                  # (B, H)
-        if self._learnable("weight"):
-            if a.numel() == 1:                          # shared pre-trace e_j (B, N)
-                self.traces["weight"].update(x, a.reshape(()))
-            else:                                       # per-neuron leak: (B, H, N)
-                a3 = a.expand(B, H).unsqueeze(-1)
-                self.traces["weight"].update(x.unsqueeze(1).expand(B, H, x.shape[1]), a3)
-        if self._learnable("bias"):
-            self.traces["bias"].update(m.new_ones(B, H), a)
-        if self._learnable("beta"):
-            in_range = ((beta >= 0) & (beta <= 1)).to(m.dtype)   # clamp's gradient mask
-            imm = m * in_range * ((1 - r) if self.mode == _ZERO else 1)
-            self.traces["beta"].update(imm, a)
-        if self._learnable("threshold"):
-            self.traces["threshold"].update(-r, a)
+        """Advance e(t−1) → e(t) with this step's input, states and reset."""
+        spec, cur = self.spec, tap.cur
+        if all(tap.prev.get(s) is None for s in spec.states):
+            self.traces = {}                       # the neuron starts fresh: a new sequence
+        prev = {s: tap.state(s) for s in spec.slots}
+        r = tap.reset_sig
+        r = ((prev["mem"] - tap.lif.threshold.detach() > 0) if r is None else r).to(cur.dtype)
+        lin = linearize(tap.lif, spec, prev, r, self.nparams)
+        route = tap.route
+        new = {}
+        for it in self.items:
+            old = self.traces.get(it.name, {s: None for s in spec.states})
+            if it.kind == "diag":
+                drive = lin.imm.get(it.name, {})
+                new[it.name] = filter_step(old, lin.J, drive)
+                continue
+            conn = it.conn
+            rt = Route("id", conn.O, conn.canon(cur).shape[2]) if it.recurrent else route
+            pre = (prev["spk"] if it.recurrent else tap.x).to(cur.dtype)
+            if it.kind == "bias":
+                ones = conn.canon(torch.ones_like(cur))
+                if rt.kind == "avg":
+                    ones = ones * rt.fwd(ones.new_ones(1, conn.O, rt.grid[0] * rt.grid[1]))
+                J = {k: self._canon(v, conn, cur) for k, v in lin.J.items()}
+                drive = {k: self._canon(v, conn, cur) * ones for k, v in lin.c.items()}
+                new[it.name] = filter_step(old, J, drive)
+                continue
+            if not it.rep or all(v is None for v in old.values()):
+                it.rep = ("pre" if spec.uniform and (rt.const or self.pool_traces == "input")
+                          else "post")
+            if it.rep == "pre":
+                drive = {k: v * pre for k, v in lin.c.items()}
+                new[it.name] = filter_step(old, lin.J, drive)
+            else:
+                pat = conn.patches(pre, rt)                                   # (O|1, B, P, F)
+                pat = pat.expand(conn.O, *pat.shape[1:])
+                J = {k: self._canon(v, conn, cur, 1) for k, v in lin.J.items()}
+                drive = {k: (self._canon(v, conn, cur, 1), pat) for k, v in lin.c.items()}
+                new[it.name] = filter_step(old, J, drive)
+        self.traces = new
+        self._route_prev = route
+
+    @staticmethod
+    def _canon(v, conn: Connection, cur: Tensor, post: int = 0):
+        """A coefficient (scalar or (B, *S)-broadcastable) in canonical (B, O, P), or, for
+        "post" traces, (O, B, P, 1)."""
+        if not isinstance(v, Tensor) or v.numel() == 1:
+            return v if not isinstance(v, Tensor) else v.reshape(())
+        v = conn.canon(v.expand(cur.shape))
+        return v.transpose(0, 1).contiguous()[..., None] if post else v
 
     def reset(self, batch_size: int) -> None:
-        for tr in self.traces.values():
-            tr.reset()
+        self.traces = {}
+        self._route_prev = None
+        for it in self.items:
+            it.rep = ""
 
     def after_backward(self) -> None:
         pass
@@ -190,10 +289,12 @@ class RTRL(Rule):
     """Online RTRL (eq. 7-8): writes ∂L/∂w into ``.grad`` one step at a time.
 
     Args:
-        model: any module with Linear→Leaky pairs (snnTorch tutorial nets unmodified,
-            bimsnn.Leaky nets, SpikingMamba nets: their SSMs get ``ssm_handlers``).
+        model: any module with connection→neuron layers (snnTorch tutorial nets unmodified,
+            bimsnn neuron nets, SpikingMamba nets: their SSMs get ``ssm_handlers``).
         layers: explicit [(fc, lif), ...] pairing (default: registration order).
-        check: structural check that each Leaky's input is its Linear's output (+ residual).
+        check: structural check that each neuron's input is its connection's output.
+        pool_traces: "exact" (per-unit traces when max pooling precedes a neuron) or
+            "input" (presynaptic traces, approximate there); see module docstring.
 
     Example:
         >>> import snntorch as snn
@@ -210,11 +311,12 @@ class RTRL(Rule):
     """
 
     def __init__(self, model: nn.Module, layers: Sequence[Pair] | None = None,
-                 check: bool = True):
+                 check: bool = True, pool_traces: str = "exact"):
         super().__init__(model)
         taps = self._attach_taps(layers, check)
         try:
-            self.layer_handlers = [LeakyRTRL(t) for t in taps if t.fc is not None]
+            self.layer_handlers = [LayerRTRL(t, pool_traces) for t in taps
+                                   if t.fc is not None]
             self.ssm_handlers = _ssm_handlers(self, model)
         except Exception:
             self.remove()

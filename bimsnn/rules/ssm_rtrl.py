@@ -30,7 +30,7 @@ sequence, saving a factor R; with optimizer steps *inside* a sequence it uses th
 W_C and D do not enter the recurrence: within-step autograd is already exact for them.
 
 Mechanism: ``ssm.step`` is wrapped on the instance. The incoming state is detached and
-replaced by ``_TraceInject(h, θ)``, an identity whose backward adds g · e(t-1) to each θ,
+replaced by ``SSMTraceInject(h, θ)``, an identity whose backward adds g · e(t-1) to each θ,
 where g = ∂L_t/∂h_{t-1} is what autograd computes through Ā ⊙ h_{t-1}; within-step autograd
 adds the immediate term. The step's small update factors (Ā, q, u, ...) are kept, and the
 traces advance e(t-1) → e(t) in ``after_backward`` (in place: that step's backward is over),
@@ -60,11 +60,11 @@ What is exact and what is not:
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
+
+from bimsnn.state import detach_tree
 
 _SSM_ATTRS = ("x_proj", "dt_proj", "A_log", "D", "discretize", "step")
 
@@ -74,26 +74,13 @@ def is_selective_ssm(m: nn.Module) -> bool:
     return all(hasattr(m, a) for a in _SSM_ATTRS)
 
 
-def _detach_tree(x: Any) -> Any:
-    """Detach every tensor in a (nested) tuple / NamedTuple / list / dict state."""
-    if isinstance(x, Tensor):
-        return x.detach()
-    if isinstance(x, tuple) and hasattr(x, "_fields"):              # NamedTuple
-        return type(x)(*(_detach_tree(v) for v in x))
-    if isinstance(x, (tuple, list)):
-        return type(x)(_detach_tree(v) for v in x)
-    if isinstance(x, dict):
-        return {k: _detach_tree(v) for k, v in x.items()}
-    return x
-
-
 def _bmm_contract(g_perm: Tensor, trace: Tensor) -> Tensor:
     """Σ over the middle axes: g_perm (K, M), trace [K, M..., J] viewed (K, M, J) -> (K, J)."""
     K = trace.shape[0]
     return torch.bmm(g_perm.reshape(K, 1, -1), trace.reshape(K, g_perm[0].numel(), -1))[:, 0]
 
 
-class _TraceInject(torch.autograd.Function):
+class SSMTraceInject(torch.autograd.Function):
     """Identity on h whose backward adds g · e(t-1) to the core parameters' gradients.
 
     forward(h, W_dt_now, R, e_A, e_b, e_Wdt, P, e_WB, A_log, dt_w, dt_b, x_w) -> h (a view)
@@ -101,7 +88,7 @@ class _TraceInject(torch.autograd.Function):
     The traces go through ``save_for_backward``, so updating them in place before this step's
     backward has run raises autograd's usual "modified by an inplace operation" error.
     Its backward is *not* the derivative of its forward (that is zero), so gradcheck does not
-    apply: it is the derivative of the tangent model :func:`_trace_inject_ref`, which the
+    apply: it is the derivative of the tangent model :func:`ssm_trace_inject_ref`, which the
     tests compare it against.
     """
 
@@ -127,8 +114,8 @@ class _TraceInject(torch.autograd.Function):
         return (None,) * 8 + (gA, gWdt, gb, gx)
 
 
-def _trace_inject_ref(h, W_dt_now, R, e_A, e_b, e_Wdt, P, e_WB, A_log, dt_w, dt_b, x_w):
-    """Reference twin of ``_TraceInject``: h + Σ_θ e_θ · (θ - stop_grad θ), via plain autograd."""
+def ssm_trace_inject_ref(h, W_dt_now, R, e_A, e_b, e_Wdt, P, e_WB, A_log, dt_w, dt_b, x_w):
+    """Reference twin of ``SSMTraceInject``: h + Σ_θ e_θ · (θ - stop_grad θ), via plain autograd."""
     def d(p):
         return p - p.detach()
 
@@ -225,7 +212,7 @@ class SSMTraceHandler:
         h_in = h_prev
         if h_prev is not None:
             tr = self.traces
-            h_in = _TraceInject.apply(h_prev, ssm.dt_proj.weight.detach(), R, tr["e_A"],
+            h_in = SSMTraceInject.apply(h_prev, ssm.dt_proj.weight.detach(), R, tr["e_A"],
                                       tr["e_b"], tr["e_Wdt"], tr["P"], tr["e_WB"], ssm.A_log,
                                       ssm.dt_proj.weight, ssm.dt_proj.bias, ssm.x_proj.weight)
         y_t, h_new = self._orig_step(u_t, h_in)
@@ -282,7 +269,7 @@ class _StateDetachHandler:
 
         def step(x_t, state=None, *args, **kwargs):
             if self._active:
-                state = _detach_tree(state)
+                state = detach_tree(state)
             return self._orig_step(x_t, state, *args, **kwargs)
 
         self._step = step
@@ -309,7 +296,7 @@ def ssm_handlers(rule, model: nn.Module) -> list:
     Every SelectiveSSM gets an :class:`SSMTraceHandler`; every other module that has a
     ``step`` method and contains an SSM (SpikingMamba block, SpikingMambaNet) gets its
     incoming ``state`` detached, so no graph is carried across steps. ``rule`` is unused
-    (gradients are written by autograd through ``_TraceInject``); it keeps the signature
+    (gradients are written by autograd through ``SSMTraceInject``); it keeps the signature
     shared with the other handler factories.
 
     Returns:

@@ -1,7 +1,8 @@
 """Exponential traces: the one place traces live (read by RTRL and by STDP).
 
 Symbols: B batch (leading dims flattened), N presynaptic width (Linear in_features),
-H postsynaptic width (Linear out_features = Leaky width).
+H postsynaptic width (Linear out_features = Leaky width), k, l neuron state variables
+(``mem``; ``syn``, ``mem``; ...).
 
 A trace is a leaky running sum of a signal s(t)::
 
@@ -12,11 +13,16 @@ A trace is a leaky running sum of a signal s(t)::
 * RTRL (paper eq. 7): for a Linear→Leaky layer the eligibility e_ij(t) = ∂mem_i(t)/∂w_ij
   obeys the same recursion with a = ∂mem(t)/∂mem(t−1) (= β for snnTorch's detached reset)
   and s = x_j(t), the Linear's input. That is the "pre-trace" of STDP with τ = −1/ln β.
+* Neurons with several state variables (Synaptic: syn → mem) couple their traces:
+  :func:`filter_step` advances e^k(t) = Σ_l J^{kl}(t) e^l(t−1) + s^k(t), with
+  J^{kl} = ∂state^k_t/∂state^l_{t−1}. For Synaptic this is the two-stage filter
+  e^syn ← α e^syn + x, e^mem ← β e^mem + α e^syn(t−1) + x (α then β).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import torch
 from torch import Tensor
@@ -72,3 +78,68 @@ class Trace:
             prev = None          # new batch shape = new sequence (as the Leaky zero-inits)
         self.value = s.detach().clone() if prev is None else prev + s.detach()
         return self.value
+
+
+Coef = float | Tensor
+
+
+@torch.no_grad()
+def filter_step(e: Mapping[str, Tensor | None], J: Mapping[tuple[str, str], Coef],
+                drive: Mapping[str, Tensor | tuple | None]) -> dict[str, Tensor | None]:
+    """One step of a coupled linear filter, out of place (old traces stay valid)::
+
+        e^k(t) = Σ_l J[k, l] ⊙ e^l(t−1) + drive^k(t)          (None stands for zeros)
+
+    Args:
+        e: previous traces, one per state k (any common shape; None = zeros).
+        J: coefficients ∂state^k_t/∂state^l_{t−1} keyed (k, l); floats or tensors that
+            broadcast against the traces. Missing keys are zero.
+        drive: this step's immediate term per state k: a tensor, a pair (a, b) meaning
+            a ⊙ b (fused into the sum), or None (zero). A tensor drive may become part of
+            the new traces without a copy: pass fresh tensors.
+    Returns:
+        the new traces, keyed like ``e`` (None where everything was zero). Traces are never
+        modified in place, so a graph that saved e(t−1) stays valid.
+
+    Example (Synaptic, α = 0.5, β = 0.9: one input at t = 0 reaches mem at t = 0 and 1):
+        >>> J = {("syn", "syn"): 0.5, ("mem", "mem"): 0.9, ("mem", "syn"): 0.5}
+        >>> e = filter_step({"syn": None, "mem": None}, J,
+        ...                 {"syn": torch.ones(1), "mem": torch.ones(1)})
+        >>> e = filter_step(e, J, {"syn": None, "mem": None})
+        >>> [round(float(e[k]), 3) for k in ("syn", "mem")]     # 0.5, 0.9 + 0.5
+        [0.5, 1.4]
+    """
+    out: dict[str, Tensor | None] = {}
+    for k in e:
+        acc = None
+        for (k2, l), coef in J.items():
+            if k2 == k and e.get(l) is not None:
+                term = e[l] * coef                                   # a fresh tensor
+                acc = term if acc is None else _add(acc, term)
+        d = drive.get(k)
+        if isinstance(d, tuple):
+            a, b = d
+            if acc is None or not isinstance(a, Tensor) or not _fits(acc, a, b):
+                d = a * b
+            else:
+                acc.addcmul_(a, b)
+                d = None
+        if d is not None:
+            acc = d if acc is None else _add(acc, d)
+        out[k] = acc
+    return out
+
+
+def _fits(acc: Tensor, *xs: Tensor) -> bool:
+    """True if every x broadcasts to acc's shape without enlarging it."""
+    n = acc.dim()
+    for x in xs:
+        if x.dim() > n or any(d != 1 and d != acc.shape[n - x.dim() + i]
+                              for i, d in enumerate(x.shape)):
+            return False
+    return True
+
+
+def _add(acc: Tensor, x: Tensor) -> Tensor:
+    """acc + x, in place when acc (a tensor this step created) already has the result's shape."""
+    return acc.add_(x) if isinstance(x, Tensor) and _fits(acc, x) else acc + x
