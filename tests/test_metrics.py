@@ -114,24 +114,6 @@ def test_multilabel_scores_only_varying_labels():
         classification_metrics(s, y, "regression")
 
 
-def test_same_numbers_as_the_benchmark_score_metrics():
-    """The merged function gives benchmarks/_biomed_models.score_metrics' values."""
-    bm = _module("benchmarks/_biomed_models.py", "_old_biomed_models")
-    rng = np.random.default_rng(3)
-    y = rng.integers(0, 2, 80)
-    s = np.clip(0.3 * y + rng.random(80) * 0.7, 0, 1)
-    g = np.repeat(np.arange(20), 4)
-    y = np.repeat(rng.integers(0, 2, 20), 4)                   # one label per segment
-    old, new = bm.score_metrics(s, y, "binary", g), classification_metrics(s, y, "binary",
-                                                                            group=g)
-    for k in old:
-        assert new[k] == old[k], k
-    s, y = _multiclass(seed=4)
-    old, new = bm.score_metrics(s, y, "multiclass"), classification_metrics(s, y, "multiclass")
-    for k in old:
-        assert new[k] == old[k], k
-
-
 def test_one_vs_rest_shapes():
     s, y = one_vs_rest(np.array([0.2, 0.7]), np.array([0, 1]))
     assert s.shape == y.shape == (2, 1)

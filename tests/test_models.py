@@ -163,16 +163,16 @@ def _v1_file(tmp_path, fname: str, old_model: nn.Module, **fields) -> Path:
     return tmp_path / fname
 
 
-def test_format1_common_save_model(tmp_path):
-    """recipes/_common.save_model: spec {"name", "kwargs"}, preprocessing + extras."""
-    common = _module("recipes/_common.py", "_old_recipes_common")
+def test_format1_classifier_recipes(tmp_path):
+    """The seizure / ECG recipes' old writer: {"format": 1, "model", "spec": {"name",
+    "kwargs"}, "preprocessing", extras}."""
     for name in ("spiking_mamba", "snn", "cnn", "lstm"):
-        old_spec = common.model_spec(common.ModelConfig(d_model=8), name, C, K)
+        old_spec = spec(name, **SMALL[name])
         torch.manual_seed(0)
-        old = common.build_model(old_spec)
+        old = build(old_spec)
         _randomise(old)
-        path = common.save_model(tmp_path / f"{name}.pt", old, old_spec,
-                                 preprocessing={"kind": "chbmit"}, threshold=0.4, rule="hybrid")
+        path = _v1_file(tmp_path, f"{name}.pt", old, spec=old_spec,
+                        preprocessing={"kind": "chbmit"}, threshold=0.4, rule="hybrid")
         new, ck = load(path)
         _assert_same_state(old, new)
         x = _input(name)
@@ -234,13 +234,6 @@ def _same_build(old_fn, new_spec: dict, seed: int = 3) -> tuple[nn.Module, nn.Mo
     return old, new
 
 
-@pytest.mark.parametrize("name", ["spiking_mamba", "snn", "cnn", "lstm"])
-def test_init_identical_to_common_build_model(name):
-    common = _module("recipes/_common.py", "_old_recipes_common")
-    old_spec = common.model_spec(common.ModelConfig(), name, C, K)
-    _same_build(lambda: common.build_model(old_spec), old_spec)
-
-
 @pytest.mark.parametrize("name", ["spiking_mamba", "cnn", "lstm"])
 def test_init_identical_to_frozen_recipe_builder(name):
     """The old recipes/_common.build_model, frozen here with library classes (this stays
@@ -261,22 +254,6 @@ def test_init_identical_to_frozen_recipe_builder(name):
             return CNN1d(C, K, channels=tuple(kw["channels"]))
         return LSTMClassifier(**kw)
     _same_build(old, spec(name, **kw))
-
-
-def test_init_identical_to_biomed_benchmark():
-    """benchmarks/_biomed_models.build_model: WindowMeanMamba (no bias zeroing), CNN, LSTM."""
-    bm = _module("benchmarks/_biomed_models.py", "_old_biomed_models")
-    T, W = 20, 10                                       # loss_window 0.5 of T = 20 steps
-    for model, new_spec in (
-            ("mamba", spec("spiking_mamba", d_model=32, n_inputs=C, n_classes=K, n_layers=1,
-                           d_state=8, readout_beta=0.9, window=W, zero_readout_bias=False)),
-            ("cnn", spec("cnn", n_inputs=C, n_classes=K, channels=[32, 32, 32], kernel_size=5)),
-            ("lstm", spec("lstm", n_inputs=C, n_classes=K, hidden=64))):
-        s = bm.Spec(task="t", model=model, rule="bptt", data="", epochs=1, lr=1e-3,
-                    batch_size=4)
-        old, new = _same_build(lambda s=s: bm.build_model(s, C, K, T), new_spec)
-        x = _input("spiking_mamba", T=T)
-        assert torch.equal(_out(old.eval(), x), _out(new.eval(), x))
 
 
 @pytest.mark.parametrize("which", ["keyword_spotting", "speech_recognition"])

@@ -9,42 +9,18 @@ recipes ran before the move. Symbols: N windows, T steps, C channels.
 from __future__ import annotations
 
 import doctest
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from torch.utils.data import DataLoader, Subset
 
-import bimsnn.data.eeg as eeg
 import bimsnn.data.windows as W
 from bimsnn.data import DataError
 from bimsnn.encoding import adm
-from bimsnn.train import collate
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def _load(relpath: str):
-    """Import a repository file as a module under a private name (old definitions)."""
-    name = "_old_" + relpath.replace("/", "_").removesuffix(".py")
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, REPO / relpath)
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod  # dataclasses look their module up here
-        spec.loader.exec_module(mod)
-    return sys.modules[name]
-
-
-def _old(relpath: str, attr: str):
-    """The file's own definition; skipped once the file just re-uses the library's."""
-    fn = getattr(_load(relpath), attr)
-    if getattr(fn, "__module__", "") == W.__name__:
-        pytest.skip(f"{relpath} now uses bimsnn.data.windows.{attr}: nothing left to compare")
-    return fn
 
 
 def test_doctests():
@@ -76,19 +52,8 @@ def _same_set(a, b):
             assert (torch.equal(u, v) if isinstance(u, torch.Tensor) else u == v)
 
 
-@pytest.mark.parametrize("encode", [None, lambda x: adm(x, 0.5), lambda x: adm(x, 0.5) * 0.5])
-@pytest.mark.parametrize("chunk", [3, 2048])
-def test_materialize_equals_recipe_copy(encode, chunk):
-    old = _old("recipes/_common.py", "materialize")
-    ds = _Windows(10)
-    idx = [7, 0, 3, 3, 9, 1, 4]
-    _same_set(W.materialize(ds, idx, encode, chunk), old(ds, idx, encode, chunk))
-    _same_set(W.materialize(ds, [], encode), old(ds, [], encode))
-
-
 def test_materialize_mixed_chunks_fall_back_to_float():
     """One non-binary chunk makes the whole set float32, as before."""
-    old = _old("recipes/_common.py", "materialize")
     ds = _Windows(6)
 
     def enc(x):                                   # binary unless the chunk holds window 5
@@ -97,23 +62,8 @@ def test_materialize_mixed_chunks_fall_back_to_float():
 
     new = W.materialize(ds, range(6), enc, chunk=4)
     assert new.x.dtype == torch.float32
-    _same_set(new, old(ds, range(6), enc, chunk=4))
-
-
-def test_windowset_replaces_benchmark_spikewindows():
-    """Subset(WindowSet(x, y), idx) gives the batches SpikeWindows(x, y, idx) gave."""
-    SpikeWindows = _load("benchmarks/_biomed_models.py").SpikeWindows
-    g = torch.Generator().manual_seed(1)
-    x = torch.randint(0, 2, (20, 8, 4), generator=g, dtype=torch.uint8)
-    y = torch.randint(0, 3, (20,), generator=g)
-    idx = np.array([4, 2, 19, 0, 7])
-    new = Subset(W.WindowSet(x, y), idx)
-    old = SpikeWindows(x, y, idx)
-    for a, b in zip(DataLoader(new, batch_size=2, collate_fn=collate),
-                    DataLoader(old, batch_size=2, collate_fn=collate)):
-        assert a[0].dtype == b[0].dtype and torch.equal(a[0], b[0])
-        assert a[1].dtype == b[1].dtype and torch.equal(a[1], b[1])
-        assert a[2] == b[2] == [None] * len(a[2])
+    assert torch.equal(new.x[:4], adm(torch.stack([ds[i][0] for i in range(4)], 1), 0.5)
+                       .transpose(0, 1).float())
 
 
 class _NotebookWindows:
@@ -192,22 +142,6 @@ def test_recording_windows():
     assert sorted(np.concatenate(parts).tolist()) == list(range(len(meta)))
     for v, idx in zip(names.values(), parts):
         assert set(meta["recording"].iloc[idx]) == set(v)
-
-
-def test_recording_split_of_a_meta_frame_equals_benchmark_sub_view(shared_data):
-    """benchmarks/biomed's nested split (a ``_Sub`` meta view) = passing the DataFrame."""
-    from bimsnn.data import Bonn
-
-    bench = _load("benchmarks/_biomed_models.py")
-    ds = Bonn(shared_data / "bonn", sets=("Z", "S"), window_s=4.0, stride_s=2.0)
-    for seed in (0, 1):
-        tr, te = W.recording_split(ds, 0.2, seed)
-        o_tr, o_te = eeg.recording_split(ds, 0.2, seed)
-        assert np.array_equal(tr, o_tr) and np.array_equal(te, o_te)
-        sub = ds.meta.iloc[tr].reset_index(drop=True)
-        for a, b in zip(W.recording_split(sub, 0.2, seed),
-                        eeg.recording_split(bench._Sub(sub), 0.2, seed)):
-            assert np.array_equal(a, b)
 
 
 # --------------------------------------------------------------------------- ECG splits
