@@ -23,11 +23,17 @@ def _is_png(path) -> bool:
     return data[:8] == PNG and len(data) > 1000
 
 
+def _pyplot_figures() -> set:
+    plt = sys.modules.get("matplotlib.pyplot")  # only if something imported pyplot
+    return set(plt.get_fignums()) if plt is not None else set()
+
+
 @pytest.fixture(autouse=True)
 def _no_pyplot_figures():
+    """bimsnn.plots opens no pyplot figure (another test's open figures do not count)."""
+    before = _pyplot_figures()
     yield
-    if "matplotlib.pyplot" in sys.modules:  # another test may have imported it
-        assert sys.modules["matplotlib.pyplot"].get_fignums() == []
+    assert _pyplot_figures() - before == set()
 
 
 def test_roc_pr_panels_and_files(tmp_path):
