@@ -93,7 +93,8 @@ def main(argv: list[str] | None = None) -> dict:
                              "l_freq", "h_freq", "encoder", "spike_threshold", "smooth_k")})
     ds, names, sets = task.load_split(pre, root, patients=cfg.patients, split=cfg.split,
                                       test_patients=cfg.test_patients, test_frac=cfg.test_frac,
-                                      val_frac=cfg.val_frac, seed=cfg.split_seed)
+                                      val_frac=cfg.val_frac, seed=cfg.split_seed,
+                                      strict=cfg.strict)
     pre = replace(pre, channels=tuple(getattr(ds, "channels", ())))
     seizures = task.seizure_table(ds)
     timings = {"data": time.perf_counter() - t_start}
@@ -129,14 +130,14 @@ def main(argv: list[str] | None = None) -> dict:
             "n_windows": {k: len(v) for k, v in sets.items()},
             "n_ictal": {k: int(v.labels.sum()) for k, v in sets.items()},
             "n_inputs": n_inputs, "timings": timings, "history": history,
-            "world_size": dist.world_size,
+            "world_size": dist.world_size, "skipped": task.skipped_files(ds),
             "config": {"recipe": asdict(cfg), "model": asdict(mc), "train": asdict(tc)}}
     if dist.is_main:
         models.save(out / "model.pt", model, spec, preprocessing=task.pre_dict(pre),
                     recipe="seizure_detection", threshold=main_m["threshold"], rule=rule,
                     lam=tc.lam, train_config=asdict(tc))
         task.write_outputs(out, result, rows, curves, sets["test"], model, pre, info)
-        task.print_summary(rows, out, timings["total"])
+        task.print_summary(rows, out, timings["total"], info["skipped"])
     return {**result, "comparison": rows, **info, "out": str(out)}
 
 
@@ -146,7 +147,7 @@ def eval_only(cfg: SeizureConfig, tc: TrainConfig, out, root, dist, t_start) -> 
     ck_path = cfg.checkpoint or run_dir(None, "seizure_detection") / "model.pt"
     model, ck = models.load(ck_path)
     pre = task.pre_from_checkpoint(ck, ck_path)
-    ds, test = task.load_all(pre, root, cfg.patients)
+    ds, test = task.load_all(pre, root, cfg.patients, cfg.strict)
     spec, rule = ck["spec"], ck.get("rule", "bptt")
     m, rt = task.score(model, spec, replace(tc, rule=rule, out_dir=None), None, test, pre,
                        task.seizure_table(ds), threshold=ck["threshold"])
@@ -157,10 +158,10 @@ def eval_only(cfg: SeizureConfig, tc: TrainConfig, out, root, dist, t_start) -> 
     info = {"dataset": f"{cfg.dataset} (eval-only)", "kind": cfg.dataset, "data_dir": str(root),
             "split": {"test": sorted(set(ds.meta["recording"]))}, "n_windows": {"test": len(test)},
             "n_ictal": {"test": int(test.labels.sum())}, "n_inputs": test.x.shape[-1],
-            "timings": timings}
+            "timings": timings, "skipped": task.skipped_files(ds)}
     if dist.is_main:
         task.write_outputs(out, result, rows, {spec["name"]: rt}, test, model, pre, info)
-        task.print_summary(rows, out, timings["total"])
+        task.print_summary(rows, out, timings["total"], info["skipped"])
     return {**result, "comparison": rows, **info, "out": str(out)}
 
 

@@ -249,3 +249,16 @@ def test_bonn_smoke(sz, shared_data, tmp_path):
     assert 0 <= res["auc_roc"] <= 1 and res["clinical"] == {}  # no timeline for segments
     assert (tmp_path / "raster.png").is_file()
     assert "not continuous recordings" in (tmp_path / "report.md").read_text()
+
+
+def test_skipped_files_are_reported_and_strict_makes_them_errors(sz, eeg_dir, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(eeg_dir, data)
+    extra = data / "chb01" / "chb01_99.edf"                 # not in chb01-summary.txt
+    shutil.copy(data / "chb01" / "chb01_01.edf", extra)
+    with pytest.warns(UserWarning, match="chb01_99.edf"):
+        res = run_sz(sz, data, tmp_path / "run")
+    assert [p for p, _ in res["skipped"]] == [str(extra)]
+    assert "chb01_99.edf" in (tmp_path / "run" / "report.md").read_text()
+    with pytest.raises(DataError, match="chb01_99.edf"):
+        run_sz(sz, data, tmp_path / "strict", "--strict")

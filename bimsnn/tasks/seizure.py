@@ -60,14 +60,15 @@ def demo_root(data_dir: str | None, default: Path) -> Path:
     return default
 
 
-def open_dataset(pre: SeizurePre, root: Path, patients=None):
-    """CHBMIT (demo too) or Bonn with the preprocessing in ``pre`` (raw windows, no encoder)."""
+def open_dataset(pre: SeizurePre, root: Path, patients=None, strict: bool = False):
+    """CHBMIT (demo too) or Bonn with the preprocessing in ``pre`` (raw windows, no encoder);
+    ``strict``: a file the loader would skip (with a warning) is a DataError instead."""
     common = dict(window_s=pre.window_s, stride_s=pre.stride_s, l_freq=pre.l_freq,
                   h_freq=pre.h_freq, sfreq=pre.sfreq)
     if pre.kind == "bonn":
         return Bonn(root, **common)
     return CHBMIT(root, patients=patients, channels=list(pre.channels) or None,
-                  max_cached_files=4, **common)
+                  max_cached_files=4, strict=strict, **common)
 
 
 def encoder(pre: SeizurePre):
@@ -77,9 +78,9 @@ def encoder(pre: SeizurePre):
 
 def load_split(pre: SeizurePre, root: Path, *, patients=None, split: str = "recording",
                test_patients=None, test_frac: float = 0.25, val_frac: float = 0.25,
-               seed: int = 0) -> tuple[object, dict, dict[str, WindowSet]]:
+               seed: int = 0, strict: bool = False) -> tuple[object, dict, dict[str, WindowSet]]:
     """(dataset, {part: recording names}, {part: encoded WindowSet}) for train/val/test."""
-    ds = open_dataset(pre, root, patients)
+    ds = open_dataset(pre, root, patients, strict)
     names = split_recordings(ds.meta, split=split, test_patients=test_patients,
                              test_frac=test_frac, val_frac=val_frac, seed=seed)
     enc = encoder(pre)
@@ -87,9 +88,10 @@ def load_split(pre: SeizurePre, root: Path, *, patients=None, split: str = "reco
     return ds, names, sets
 
 
-def load_all(pre: SeizurePre, root: Path, patients=None) -> tuple[object, WindowSet]:
+def load_all(pre: SeizurePre, root: Path, patients=None, strict: bool = False
+             ) -> tuple[object, WindowSet]:
     """Every window of ``root`` (``--eval-only``)."""
-    ds = open_dataset(pre, root, patients)
+    ds = open_dataset(pre, root, patients, strict)
     return ds, materialize(ds, range(len(ds)), encoder(pre))
 
 
@@ -182,6 +184,9 @@ def report_md(main: dict, rows: dict, pre: SeizurePre, info: dict) -> str:
              "", f"Test recordings (never trained on): {', '.join(split.get('test', [])) or 'all'}.",
              f"Validation: {', '.join(split.get('val', [])) or '-'}. "
              f"Train: {', '.join(split.get('train', [])) or '-'}.", "",
+             *([f"Files left out by the loader ({len(info['skipped'])}; `--strict` makes "
+                "them errors): " + "; ".join(f"`{p}`: {r}" for p, r in info["skipped"]), ""]
+               if info.get("skipped") else []),
              "## Held-out test, all models from this run", "", table, "", *problems,
              f"Threshold per model: max F1 on the validation windows (main model: "
              f"{fmt(main['threshold'])}). Alarm: {pre.smooth_k} consecutive windows above it.",
@@ -197,7 +202,14 @@ def report_md(main: dict, rows: dict, pre: SeizurePre, info: dict) -> str:
     return "\n".join(lines)
 
 
-def print_summary(rows: dict, out: Path, total: float) -> None:
+def skipped_files(ds) -> list[tuple[str, str]]:
+    """[(file, reason)] the loader left out (with a warning each)."""
+    return [(str(p), str(r)) for p, r in getattr(ds, "skipped", [])]
+
+
+def print_summary(rows: dict, out: Path, total: float, skipped=()) -> None:
+    if skipped:
+        print(f"{len(skipped)} file(s) left out by the loader (see report.md; --strict: error)")
     for n, r in rows.items():
         if r.get("problem"):
             print(f"{n:14s} {r['problem']}")
