@@ -61,11 +61,16 @@ class SeizureConfig(RunConfig):
     split_seed: int = flag(0, "seed of the recording shuffle (--seed seeds the model)")
     window_s: float = flag(4.0, "window length (s)")
     stride_s: float = flag(2.0, "window hop (s); also the alarm timeline's resolution")
-    sfreq: float = flag(32.0, "resample to this rate (Hz) = time steps per second")
-    l_freq: float | None = flag(0.5, "band-pass low edge (Hz)")
-    h_freq: float | None = flag(15.0, "band-pass high edge (Hz), below sfreq / 2")
-    encoder: str = flag("adm", "spike encoder: adm (level crossing) | delta", ("adm", "delta"))
-    spike_threshold: float = flag(0.5, "encoder threshold, in robust-z units of the signal")
+    # "auto": what the dataset needs (bimsnn.tasks.seizure.DATASET_DEFAULTS)
+    sfreq: float | str | None = flag("auto", "resample to this rate (Hz); none: native")
+    l_freq: float | str | None = flag("auto", "band-pass low edge (Hz); none: no high-pass")
+    h_freq: float | str | None = flag("auto", "band-pass high edge (Hz), below sfreq / 2")
+    encoder: str = flag("auto", "spike encoder: adm | delta (per channel) | filterbank "
+                        "(six band envelopes, ADM)", ("auto", "adm", "delta", "filterbank"))
+    spike_threshold: float | str = flag("auto", "encoder threshold: robust-z units (adm, "
+                                        "delta) or decades of µV (filterbank)")
+    normalize: str | None = flag("auto", "loader scaling: file/segment z-score, window, or "
+                                 "none (µV)", ("auto", "file", "segment", "window", None))
     smooth_k: int = flag(2, "alarm when k consecutive windows score >= threshold")
 
 
@@ -88,9 +93,9 @@ def main(argv: list[str] | None = None) -> dict:
     if cfg.eval_only:
         return eval_only(cfg, tc, out, root, dist, t_start)
 
-    pre = task.SeizurePre(kind="bonn" if cfg.dataset == "bonn" else "chbmit",
-                          **{k: getattr(cfg, k) for k in ("window_s", "stride_s", "sfreq",
-                             "l_freq", "h_freq", "encoder", "spike_threshold", "smooth_k")})
+    pre = task.resolve_pre(cfg.dataset, **{k: getattr(cfg, k) for k in (
+        "window_s", "stride_s", "sfreq", "l_freq", "h_freq", "encoder", "spike_threshold",
+        "normalize", "smooth_k")})
     ds, names, sets = task.load_split(pre, root, patients=cfg.patients, split=cfg.split,
                                       test_patients=cfg.test_patients, test_frac=cfg.test_frac,
                                       val_frac=cfg.val_frac, seed=cfg.split_seed,

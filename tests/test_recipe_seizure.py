@@ -244,11 +244,28 @@ def test_torchrun_two_processes(eeg_dir, tmp_path):
 @pytest.mark.slow
 def test_bonn_smoke(sz, shared_data, tmp_path):
     res = sz.main(["--dataset", "bonn", "--data-dir", str(shared_data / "bonn"),
-                   "--out", str(tmp_path), "--window-s", "4", "--stride-s", "20",
-                   "--sfreq", "16", "--h-freq", "7", *TINY])
+                   "--out", str(tmp_path), "--stride-s", "20", *TINY])
     assert 0 <= res["auc_roc"] <= 1 and res["clinical"] == {}  # no timeline for segments
     assert (tmp_path / "raster.png").is_file()
-    assert "not continuous recordings" in (tmp_path / "report.md").read_text()
+    report = (tmp_path / "report.md").read_text()
+    assert "not continuous recordings" in report and "filterbank spikes" in report
+    _, ck = models.load(tmp_path / "model.pt")
+    pre = task.pre_from_checkpoint(ck, "m")
+    assert (pre.encoder, pre.sfreq, pre.h_freq, pre.normalize) == ("filterbank", None, 40.0, None)
+
+
+def test_dataset_defaults_and_explicit_flags():
+    demo = task.resolve_pre("demo", window_s=4.0, stride_s=2.0, sfreq="auto", l_freq="auto",
+                            h_freq="auto", encoder="auto", spike_threshold="auto",
+                            normalize="auto", smooth_k=2)
+    assert (demo.sfreq, demo.h_freq, demo.encoder, demo.kind) == (32.0, 15.0, "adm", "chbmit")
+    bonn = task.resolve_pre("bonn", window_s=4.0, stride_s=2.0, sfreq=100.0, l_freq=None,
+                            h_freq="auto", encoder="auto", spike_threshold="auto",
+                            normalize="auto", smooth_k=2)
+    assert (bonn.sfreq, bonn.l_freq, bonn.h_freq, bonn.encoder) == (100.0, None, 40.0,
+                                                                     "filterbank")
+    with pytest.raises(ValueError, match="--sfreq"):
+        task.resolve_pre("bonn", sfreq="fast")
 
 
 def test_skipped_files_are_reported_and_strict_makes_them_errors(sz, eeg_dir, tmp_path):

@@ -23,7 +23,7 @@ import numpy as np
 from bimsnn import models
 from bimsnn.data import CHBMIT, Bonn, demo
 from bimsnn.data.windows import WindowSet, materialize, recording_windows, split_recordings
-from bimsnn.encoding import ADMEncoder, DeltaEncoder
+from bimsnn.encoding import ADMEncoder, DeltaEncoder, FilterbankADMEncoder
 from bimsnn.metrics import classification_metrics, clinical_metrics, f1_threshold, score_problem
 from bimsnn.plots import plot_rasters
 from bimsnn.tasks.common import SPIKING, fmt, md_table, plot_roc_and_pr
@@ -40,13 +40,40 @@ class SeizurePre:
     kind: str = "chbmit"             # chbmit (demo too) | bonn
     window_s: float = 4.0
     stride_s: float = 2.0
-    sfreq: float = 32.0
+    sfreq: float | None = 32.0       # None: the recording's own rate
     l_freq: float | None = 0.5
     h_freq: float | None = 15.0
-    encoder: str = "adm"             # adm | delta
-    spike_threshold: float = 0.5     # robust-z units
+    encoder: str = "adm"             # adm | delta (robust-z units) | filterbank (decades)
+    spike_threshold: float = 0.5     # adm/delta: robust-z units; filterbank: log10 µV
     smooth_k: int = 2
     channels: tuple[str, ...] = ()
+    normalize: str | None = "auto"   # the loader's scaling; "auto": its default
+
+
+# What each dataset needs (the recipe's "auto" flags). The demo is simulated with its
+# power below 15 Hz, so 32 Hz and one ADM pair per channel suffice; real EEG keeps its
+# seizure band (up to 40 Hz) and its amplitude (µV): six band envelopes (δ θ α β1 β2 γ)
+# coded by ADM (bimsnn.encoding.FilterbankADMEncoder).
+DATASET_DEFAULTS = {
+    "demo": dict(sfreq=32.0, l_freq=0.5, h_freq=15.0, encoder="adm", spike_threshold=0.5,
+                 normalize="auto"),
+    "chbmit": dict(sfreq=128.0, l_freq=0.5, h_freq=40.0, encoder="filterbank",
+                   spike_threshold=0.15, normalize=None),
+    "bonn": dict(sfreq=None, l_freq=0.5, h_freq=40.0, encoder="filterbank",
+                 spike_threshold=0.15, normalize=None),
+}
+
+
+def resolve_pre(dataset: str, **flags) -> SeizurePre:
+    """A :class:`SeizurePre` for ``dataset`` (demo | chbmit | bonn): each flag given as
+    "auto" takes :data:`DATASET_DEFAULTS`; others are used as given."""
+    d = DATASET_DEFAULTS[dataset]
+    kw = {k: (d[k] if isinstance(v, str) and v == "auto" and k in d else v)
+          for k, v in flags.items()}
+    for k, v in kw.items():
+        if isinstance(v, str) and k not in ("encoder", "normalize"):
+            raise ValueError(f"--{k.replace('_', '-')} must be a number, none or auto, got {v!r}")
+    return SeizurePre(kind="bonn" if dataset == "bonn" else "chbmit", **kw)
 
 
 def demo_root(data_dir: str | None, default: Path) -> Path:
@@ -65,14 +92,20 @@ def open_dataset(pre: SeizurePre, root: Path, patients=None, strict: bool = Fals
     ``strict``: a file the loader would skip (with a warning) is a DataError instead."""
     common = dict(window_s=pre.window_s, stride_s=pre.stride_s, l_freq=pre.l_freq,
                   h_freq=pre.h_freq, sfreq=pre.sfreq)
+    if pre.normalize != "auto":
+        common["normalize"] = pre.normalize
     if pre.kind == "bonn":
         return Bonn(root, **common)
     return CHBMIT(root, patients=patients, channels=list(pre.channels) or None,
                   max_cached_files=4, strict=strict, **common)
 
 
-def encoder(pre: SeizurePre):
-    """(T, N, C) float → (T, N, 2C) ON/OFF spikes, each window from its own first sample."""
+def encoder(pre: SeizurePre, fs: float):
+    """Raw windows (S, N, C) at ``fs`` Hz → spikes (T, N, C'): adm/delta ON/OFF per channel
+    (T = S, C' = 2C, each window from its own first sample), or the filterbank ADM (six
+    band envelopes every 0.125 s, C' = 12C)."""
+    if pre.encoder == "filterbank":
+        return FilterbankADMEncoder(fs, theta=pre.spike_threshold)
     return (ADMEncoder if pre.encoder == "adm" else DeltaEncoder)(pre.spike_threshold)
 
 
@@ -83,7 +116,7 @@ def load_split(pre: SeizurePre, root: Path, *, patients=None, split: str = "reco
     ds = open_dataset(pre, root, patients, strict)
     names = split_recordings(ds.meta, split=split, test_patients=test_patients,
                              test_frac=test_frac, val_frac=val_frac, seed=seed)
-    enc = encoder(pre)
+    enc = encoder(pre, ds.sfreq)
     sets = {k: materialize(ds, recording_windows(ds.meta, v), enc) for k, v in names.items()}
     return ds, names, sets
 
@@ -92,7 +125,7 @@ def load_all(pre: SeizurePre, root: Path, patients=None, strict: bool = False
              ) -> tuple[object, WindowSet]:
     """Every window of ``root`` (``--eval-only``)."""
     ds = open_dataset(pre, root, patients, strict)
-    return ds, materialize(ds, range(len(ds)), encoder(pre))
+    return ds, materialize(ds, range(len(ds)), encoder(pre, ds.sfreq))
 
 
 def seizure_table(ds) -> dict[str, list[tuple[float, float]]]:
@@ -146,8 +179,9 @@ def write_outputs(out: Path, main: dict, rows: dict, curves: dict, test, model,
         if hid is not None:
             panels.append(("hidden LIF", hid))
         where = "/".join(str(meta[k]) for k in ("patient", "file", "set", "segment") if k in meta)
+        dt = pre.window_s / x.shape[0]                                   # s per step
         plot_rasters(panels, out / "raster.png", f"ictal test window {where} at "
-                     f"{meta['start_s']:.0f} s (score {rt['scores'][i]:.2f})", 1 / pre.sfreq)
+                     f"{meta['start_s']:.0f} s (score {rt['scores'][i]:.2f})", dt)
     write_json({**main, "comparison": rows, **info}, out / "metrics.json")
     (out / "report.md").write_text(report_md(main, rows, pre, info))
 
@@ -176,9 +210,11 @@ def report_md(main: dict, rows: dict, pre: SeizurePre, info: dict) -> str:
                 for n, r in rows.items() if r.get("problem")]
     lines = [f"# Seizure detection: {info['dataset']}", "",
              f"Data: `{info['data_dir']}`. Windows: {sizes}. {pre.window_s:g} s windows "
-             f"every {pre.stride_s:g} s at {pre.sfreq:g} Hz (band-pass "
-             f"{pre.l_freq}–{pre.h_freq} Hz), {pre.encoder.upper()} spikes at "
-             f"{pre.spike_threshold:g} robust-z → {info.get('n_inputs')} afferents.", "",
+             f"every {pre.stride_s:g} s at {fmt(pre.sfreq, 2) if pre.sfreq else 'native'} Hz "
+             f"(band-pass {pre.l_freq}–{pre.h_freq} Hz), {pre.encoder} spikes at threshold "
+             f"{pre.spike_threshold:g} "
+             f"({'log10 µV' if pre.encoder == 'filterbank' else 'robust-z units'}) → "
+             f"{info.get('n_inputs')} afferents.", "",
              f"Model: `{spec['name']}` {spec['kwargs']}, rule `{main['rule']}`"
              + (f" (λ = {main['lam']})" if main["rule"] == "hybrid" else "") + ".",
              "", f"Test recordings (never trained on): {', '.join(split.get('test', [])) or 'all'}.",
