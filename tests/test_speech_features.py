@@ -5,8 +5,6 @@ Symbols: T frames, F mel bands. Tolerances: float32 statistics ≤ 1e-4 (measure
 
 from __future__ import annotations
 
-import importlib
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -107,19 +105,20 @@ def test_speed_perturbed_features_differ_and_keep_shape(tmp_path):
     assert slow[0].mean(0).argmax() < base[0].mean(0).argmax()
 
 
-def test_recipe_adds_one_training_copy_per_speed(tmp_path):
-    """keyword_spotting --speed-perturb 0.9 1.1: the training set holds 3 copies (the
-    perturbed ones differ), the test set stays unperturbed."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "recipes"))
-    kws = importlib.import_module("keyword_spotting")
+def test_one_training_copy_per_speed(tmp_path):
+    """Keyword spotting's --speed-perturb 0.9 1.1 (bimsnn.tasks.speech.spike_sets): the
+    training set holds 3 copies (the perturbed ones differ), the test set stays unperturbed."""
+    from bimsnn.tasks.speech import KWSPre, spike_sets
+
     ds = FSDD(_tone_fsdd(tmp_path), pipeline=LogMel(SR, 20, f_min=50.0))
     idx = np.arange(len(ds))
-    cfg = kws.KWSConfig(n_mels=20, duration_s=0.2, norm="speaker", fit="stretch",
-                        speed_perturb=(0.9, 1.1), augment=False)
-    sets = kws.spike_sets({"train": (ds, idx), "test": (ds, idx)}, cfg)
+    pre = KWSPre(n_mels=20, duration_s=0.2, norm="speaker", fit="stretch")
+    sets = spike_sets({"train": (ds, idx), "test": (ds, idx)}, pre, augment=False,
+                      speed_perturb=(0.9, 1.1))
     assert len(sets["train"]) == 3 * len(idx) and len(sets["test"]) == len(idx)
-    x0, y0, _ = sets["train"][0]
+    x0, y0, _ = sets["train"][0]                                   # (frames, C)
     x1, y1, _ = sets["train"][len(idx)]
+    assert x0.shape == (pre.frames, pre.n_inputs)
     assert y0 == y1 and x0.shape == x1.shape and not torch.equal(x0, x1)
     assert torch.equal(sets["test"][0][0], x0)
 
