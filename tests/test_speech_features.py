@@ -12,6 +12,7 @@ import pytest
 import soundfile as sf
 import torch
 
+from bimsnn.data import DataError
 from bimsnn.data.audio import FSDD, LogMel
 from bimsnn.data.speech_features import (
     fix_length,
@@ -121,6 +122,20 @@ def test_one_training_copy_per_speed(tmp_path):
     assert x0.shape == (pre.frames, pre.n_inputs)
     assert y0 == y1 and x0.shape == x1.shape and not torch.equal(x0, x1)
     assert torch.equal(sets["test"][0][0], x0)
+
+
+@pytest.mark.parametrize("speed", [1.0, 1.25])
+def test_audio_shorter_than_one_window_is_a_data_error_naming_the_file(tmp_path, speed):
+    """load_features checks the analysis window after loading (and speed perturbation)
+    and before the log-mel: short audio is a DataError naming the file, not an STFT error."""
+    root = _tone_fsdd(tmp_path)
+    short = root / "recordings" / "1_bob_7.wav"
+    sf.write(short, np.zeros(150, dtype=np.float32), SR)            # < 200-sample window
+    ds = FSDD(root, pipeline=LogMel(SR, 20, f_min=50.0))
+    k = next(i for i, it in enumerate(ds.items) if it[0] == short)
+    with pytest.raises(DataError, match="1_bob_7.wav"):
+        load_features(ds, [0, k], frames=10, speed=speed)
+    assert load_features(ds, [0], frames=10, speed=speed).shape == (1, 10, 20)
 
 
 # ---------------------------------------------------------------------------- SpikeCode
