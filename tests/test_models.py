@@ -256,24 +256,6 @@ def test_init_identical_to_frozen_recipe_builder(name):
     _same_build(old, spec(name, **kw))
 
 
-@pytest.mark.parametrize("which", ["keyword_spotting", "speech_recognition"])
-def test_init_identical_to_speech_recipes(which):
-    mod = _module(f"recipes/{which}.py", f"_old_recipe_{which}")
-    mspec = {"d_model": 8, "n_inputs": C, "n_classes": K, "n_layers": 1, "d_state": 4,
-             "readout": "li"}
-    _same_build(lambda: mod.build_model(mspec), spec("spiking_mamba", **mspec,
-                                                     zero_readout_bias=False))
-
-
-@pytest.mark.parametrize("kind", ["mamba", "lstm"])
-def test_init_identical_to_language_modeling_recipe(kind):
-    lm = _module("recipes/language_modeling.py", "_old_recipe_language_modeling")
-    old_spec = {"model": kind, "vocab_size": V, "d_embed": 4, "d_model": 8, "n_layers": 1,
-                "d_state": 4, "beta": 0.9}
-    new_spec = models.spec_from_v1(old_spec)
-    if kind == "mamba":
-        new_spec["kwargs"]["zero_readout_bias"] = False
-    _same_build(lambda: lm.build_model(old_spec), new_spec)
 
 
 @pytest.mark.parametrize("name", ["snn", "spiking_mamba", "spiking_mamba_lm"])

@@ -5,8 +5,6 @@ Symbols: T frames, F mel bands. Tolerances: float32 statistics ≤ 1e-4 (measure
 
 from __future__ import annotations
 
-import importlib
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +12,7 @@ import pytest
 import soundfile as sf
 import torch
 
+from bimsnn.data import DataError
 from bimsnn.data.audio import FSDD, LogMel
 from bimsnn.data.speech_features import (
     fix_length,
@@ -107,21 +106,36 @@ def test_speed_perturbed_features_differ_and_keep_shape(tmp_path):
     assert slow[0].mean(0).argmax() < base[0].mean(0).argmax()
 
 
-def test_recipe_adds_one_training_copy_per_speed(tmp_path):
-    """keyword_spotting --speed-perturb 0.9 1.1: the training set holds 3 copies (the
-    perturbed ones differ), the test set stays unperturbed."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "recipes"))
-    kws = importlib.import_module("keyword_spotting")
+def test_one_training_copy_per_speed(tmp_path):
+    """Keyword spotting's --speed-perturb 0.9 1.1 (bimsnn.tasks.speech.spike_sets): the
+    training set holds 3 copies (the perturbed ones differ), the test set stays unperturbed."""
+    from bimsnn.tasks.speech import KWSPre, spike_sets
+
     ds = FSDD(_tone_fsdd(tmp_path), pipeline=LogMel(SR, 20, f_min=50.0))
     idx = np.arange(len(ds))
-    cfg = kws.KWSConfig(n_mels=20, duration_s=0.2, norm="speaker", fit="stretch",
-                        speed_perturb=(0.9, 1.1), augment=False)
-    sets = kws.spike_sets({"train": (ds, idx), "test": (ds, idx)}, cfg)
+    pre = KWSPre(n_mels=20, duration_s=0.2, norm="speaker", fit="stretch")
+    sets = spike_sets({"train": (ds, idx), "test": (ds, idx)}, pre, augment=False,
+                      speed_perturb=(0.9, 1.1))
     assert len(sets["train"]) == 3 * len(idx) and len(sets["test"]) == len(idx)
-    x0, y0, _ = sets["train"][0]
+    x0, y0, _ = sets["train"][0]                                   # (frames, C)
     x1, y1, _ = sets["train"][len(idx)]
+    assert x0.shape == (pre.frames, pre.n_inputs)
     assert y0 == y1 and x0.shape == x1.shape and not torch.equal(x0, x1)
     assert torch.equal(sets["test"][0][0], x0)
+
+
+@pytest.mark.parametrize("speed", [1.0, 1.25])
+def test_audio_shorter_than_one_window_is_a_data_error_naming_the_file(tmp_path, speed):
+    """load_features checks the analysis window after loading (and speed perturbation)
+    and before the log-mel: short audio is a DataError naming the file, not an STFT error."""
+    root = _tone_fsdd(tmp_path)
+    short = root / "recordings" / "1_bob_7.wav"
+    sf.write(short, np.zeros(150, dtype=np.float32), SR)            # < 200-sample window
+    ds = FSDD(root, pipeline=LogMel(SR, 20, f_min=50.0))
+    k = next(i for i, it in enumerate(ds.items) if it[0] == short)
+    with pytest.raises(DataError, match="1_bob_7.wav"):
+        load_features(ds, [0, k], frames=10, speed=speed)
+    assert load_features(ds, [0], frames=10, speed=speed).shape == (1, 10, 20)
 
 
 # ---------------------------------------------------------------------------- SpikeCode

@@ -1,14 +1,14 @@
-"""Speech and language recipes: CTC decoding, WER/CER, BPC, text data, fit_seq, smoke runs.
+"""Speech and language pipelines (bimsnn.tasks.asr / lm): CTC decoding, WER/CER, BPC, text
+data, the per-step training path (fit(per_step=True), SequenceTarget), model specs.
 
+The recipes themselves are tested in tests/test_recipe_speech.py.
 Symbols: T time, B batch, V classes/vocabulary, C afferents.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,10 +17,11 @@ import soundfile as sf
 import torch
 import torch.nn.functional as F
 
-from bimsnn._online import tree_map
-from bimsnn.data import DataError
-from bimsnn.data.audio import LibriSpeech, LogMel
-from bimsnn.metrics_text import (
+from bimsnn import models
+from bimsnn.data import DataError, LibriSpeech, LMWindows, LogMel, Vocab, collate_lm
+from bimsnn.data.text import read_wikitext, tokenize, write_embedded_corpus
+from bimsnn.encoding import SpikeCode
+from bimsnn.metrics import (
     bits_per_char,
     cer,
     ctc_beam_decode,
@@ -29,26 +30,11 @@ from bimsnn.metrics_text import (
     perplexity,
     wer,
 )
-from bimsnn.text import (
-    LMWindows,
-    Vocab,
-    collate_lm,
-    fit_seq,
-    online_seq_loss,
-    read_wikitext,
-    tokenize,
-    write_embedded_corpus,
-)
-from bimsnn.train import TrainConfig
-
-RECIPES = Path(__file__).resolve().parent.parent / "recipes"
-
-
-def recipe(name: str):
-    """Import recipes/<name>.py as a module (its folder on sys.path, as when run)."""
-    if str(RECIPES) not in sys.path:
-        sys.path.insert(0, str(RECIPES))
-    return importlib.import_module(name)
+from bimsnn.models import SpikingMambaLM
+from bimsnn.ssm.mamba import MambaConfig, SpikingMambaNet
+from bimsnn.state import detach_tree
+from bimsnn.tasks import asr, lm, speech
+from bimsnn.training import SequenceTarget, TrainConfig, fit, online_pass
 
 
 # ---------------------------------------------------------------------------- CTC decoding
@@ -110,7 +96,6 @@ def test_bpc_of_uniform_predictions_is_log2_V(V):
 def test_lm_eval_on_a_known_categorical():
     """A model that predicts p = (½, ¼, ¼) on a stream with exactly those frequencies
     scores its entropy, 1.5 bits per character, and perplexity 2^1.5."""
-    lm = recipe("language_modeling")
     p = torch.tensor([0.5, 0.25, 0.25])
 
     class Fixed(torch.nn.Module):
@@ -165,63 +150,163 @@ def test_embedded_corpus_layout(tmp_path):
         read_wikitext(tmp_path)
 
 
-# ---------------------------------------------------------------------------- fit_seq
-def _tiny_lm(seed: int = 0):
-    lm = recipe("language_modeling")
+# ---------------------------------------------------------------------------- per-step training
+def _tiny_lm(seed: int = 0, dtype: torch.dtype = torch.float64) -> SpikingMambaLM:
     torch.manual_seed(seed)
-    return lm.SpikingMambaLM(7, 4, d_model=8, n_layers=1, d_state=4)
+    return SpikingMambaLM(7, 4, d_model=8, n_layers=1, d_state=4).to(dtype)
 
 
-def test_online_seq_loss_equals_per_step_losses():
-    """The two-pass surrogate ⟨g_t, logits_t⟩ gives the rule the same gradients as
-    feeding it each step's own (per-step) LM loss."""
+def test_sequence_target_equals_per_step_losses():
+    """online_pass with a SequenceTarget (the surrogate ⟨g_t, logits_t⟩, g from a first
+    no-grad pass) gives the rule the same gradients as feeding it each step's own LM loss,
+    and returns the sequence loss of the forward pass. float64; tolerance 1e-10."""
     from bimsnn.rules import RTRL
 
-    lm = recipe("language_modeling")
     torch.manual_seed(1)
     x, y = torch.randint(0, 7, (10, 3)), torch.randint(0, 7, (10, 3))
-    grads = []
-    for mode in ("surrogate", "per_step"):
+    grads, losses = [], []
+    for mode in ("sequence_target", "per_step"):
         model = _tiny_lm(0)
         rule = RTRL(model)
-        if mode == "surrogate":
-            online_seq_loss(model, rule, x, y, lm.lm_loss)
+        if mode == "sequence_target":
+            losses.append(online_pass(model, rule, x, SequenceTarget(y, lm.lm_loss)))
         else:
             rule.reset(3)
-            state = model.init_state(3)
+            state, total = model.init_state(3), 0.0
             for t in range(10):
                 logits_t, state = model.step(x[t], state)
-                state = tree_map(torch.Tensor.detach, state)
-                rule.backward(F.cross_entropy(logits_t, y[t]) / 10)
+                state = detach_tree(state)
+                loss_t = F.cross_entropy(logits_t, y[t]) / 10
+                rule.backward(loss_t)
+                total += loss_t.item()
+            losses.append(total)
         rule.remove()
         grads.append([p.grad.clone() for p in model.parameters()])
     for a, b in zip(*grads):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
     assert sum(g.abs().sum() for g in grads[0]) > 0
+    with torch.no_grad():
+        forward = lm.lm_loss(_tiny_lm(0).forward_seq(x), y).item()
+    assert losses[0].item() == pytest.approx(forward, rel=1e-12)
+    assert losses[1] == pytest.approx(forward, rel=1e-10)
 
 
-def test_fit_seq_resume_matches_uninterrupted(tmp_path):
-    lm = recipe("language_modeling")
+def test_fit_per_step_resume_matches_uninterrupted(tmp_path):
     torch.manual_seed(0)
     ds = LMWindows(torch.randint(0, 7, (200,)), 8)                # 24 windows, 3 batches
+
     def run(out, **kw):
-        model = _tiny_lm(0)
+        model = _tiny_lm(0, torch.float32)
         cfg = TrainConfig(epochs=2, batch_size=8, out_dir=str(out), progress=False,
                           plots=False, **kw)
-        fit_seq(model, ds, cfg, loss_fn=lm.lm_loss, collate_fn=collate_lm)
+        fit(model, ds, None, cfg, loss_fn=lm.lm_loss, per_step=True, collate_fn=collate_lm)
         return model
     full = run(tmp_path / "a")
     run(tmp_path / "b", max_steps=4)                                # stops mid-epoch 2
     resumed = run(tmp_path / "b", resume=True)
     for p, q in zip(full.parameters(), resumed.parameters()):
-        torch.testing.assert_close(p, q)
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
     hist = json.loads((tmp_path / "b" / "metrics.json").read_text())["history"]
     assert [h["epoch"] for h in hist] == [1, 2]
 
 
+# ---------------------------------------------------------------------------- model specs
+class _OldSpikingMambaLM(torch.nn.Module):
+    """recipes/language_modeling.SpikingMambaLM before issue 11 (frozen copy)."""
+
+    def __init__(self, vocab_size: int, d_embed: int, **mamba):
+        super().__init__()
+        self.embed = torch.nn.Embedding(vocab_size, d_embed)
+        self.net = SpikingMambaNet(MambaConfig(n_inputs=d_embed, n_classes=vocab_size,
+                                               readout_beta=0.0, **mamba))
+
+
+class _OldLSTMLM(torch.nn.Module):
+    """recipes/language_modeling.LSTMLM before issue 11 (frozen copy)."""
+
+    def __init__(self, vocab_size: int, d_embed: int, hidden: int, num_layers: int):
+        super().__init__()
+        self.embed = torch.nn.Embedding(vocab_size, d_embed)
+        self.lstm = torch.nn.LSTM(d_embed, hidden, num_layers=num_layers)
+        self.head = torch.nn.Linear(hidden, vocab_size)
+
+
+_OLD_BUILDERS = {  # the three recipes' default models as their own builders made them
+    "kws": (lambda: SpikingMambaNet(MambaConfig(d_model=64, n_inputs=160, n_classes=10,
+                                                n_layers=1, d_state=16, readout="mean_mem")),
+            lambda: speech.kws_spec(160, 10)),
+    "kws_online": (lambda: SpikingMambaNet(MambaConfig(d_model=64, n_inputs=160, n_classes=10,
+                                                       n_layers=1, d_state=16, readout="li")),
+                   lambda: speech.kws_spec(160, 10, rule="hybrid")),
+    "asr": (lambda: SpikingMambaNet(MambaConfig(d_model=96, n_inputs=320, n_classes=29,
+                                                n_layers=2, d_state=16, readout="li",
+                                                readout_beta=0.5)),
+            lambda: asr.asr_spec(320)),
+    "lm": (lambda: _OldSpikingMambaLM(104, 32, d_model=96, n_layers=1, d_state=16, beta=0.9),
+           lambda: lm.lm_spec("mamba", 104)),
+    "lm_lstm": (lambda: _OldLSTMLM(104, 32, 96, 1), lambda: lm.lm_spec("lstm", 104)),
+}
+
+
+@pytest.mark.parametrize("which", sorted(_OLD_BUILDERS))
+def test_task_specs_build_the_old_recipe_models_but_for_the_readout_bias(which):
+    """Same seed → same tensors and RNG stream as the old recipe builders; the one
+    difference is the zeroed readout bias of the spiking models (issue 11: one init),
+    and with zero_readout_bias=False there is none."""
+    old_fn, new_spec = _OLD_BUILDERS[which]
+    torch.manual_seed(3)
+    old = old_fn().state_dict()
+    rng = torch.get_rng_state()
+    spec = new_spec()
+    torch.manual_seed(3)
+    new = models.build(spec).state_dict()
+    assert torch.equal(rng, torch.get_rng_state())
+    assert list(old) == list(new)
+    bias = [k for k in old if k.endswith("out_fc.bias")]
+    assert len(bias) == (0 if which == "lm_lstm" else 1)
+    for k in old:
+        if k in bias:
+            assert not torch.equal(old[k], new[k]) and not new[k].any()
+        else:
+            assert torch.equal(old[k], new[k]), k
+    if bias:
+        torch.manual_seed(3)
+        kept = models.build(models.spec(spec["name"], **spec["kwargs"],
+                                        zero_readout_bias=False)).state_dict()
+        assert all(torch.equal(old[k], kept[k]) for k in old)
+
+
+def test_each_task_refuses_another_recipes_model_file():
+    """pre_from_checkpoint of each task: another recipe's (or a featureless) model.pt is a
+    CheckpointError that names the file."""
+    from bimsnn.training import CheckpointError
+
+    cks = {"keyword_spotting": {"recipe": "keyword_spotting",
+                                "preprocessing": vars(speech.KWSPre()).copy()},
+           "speech_recognition": {"recipe": "speech_recognition",
+                                  "preprocessing": vars(asr.ASRPre()).copy()},
+           "language_modeling": {"recipe": "language_modeling", "preprocessing": lm.lm_pre(
+               Vocab(["<unk>", "a"]), "char", 8)},
+           "seizure_detection": {"recipe": "seizure_detection",
+                                 "preprocessing": {"window_s": 4.0}},
+           "format1 seizure": {"preprocessing": {"window_s": 4.0}}}
+    readers = {"keyword_spotting": speech.pre_from_checkpoint,
+               "speech_recognition": asr.pre_from_checkpoint,
+               "language_modeling": lm.pre_from_checkpoint}
+    for name, read in readers.items():
+        read(cks[name], "own.pt")                                    # its own: fine
+        for other, ck in cks.items():
+            if other != name:
+                with pytest.raises(CheckpointError, match="other.pt"):
+                    read(ck, "other.pt")
+    assert speech.pre_from_checkpoint(cks["keyword_spotting"], "m") == speech.KWSPre()
+    vocab, level = lm.pre_from_checkpoint(cks["language_modeling"], "m")
+    assert vocab.itos == ["<unk>", "a"] and level == "char"
+
+
 # ---------------------------------------------------------------------------- LibriSpeech
 def _tiny_librispeech(root: Path) -> Path:
-    """Two FLAC utterances (+ one WAV) with a .trans.txt, LibriSpeech layout."""
+    """Two FLAC utterances with a .trans.txt, LibriSpeech layout."""
     folder = root / "LibriSpeech" / "tiny" / "19" / "198"
     folder.mkdir(parents=True)
     rng = np.random.default_rng(0)
@@ -235,18 +320,20 @@ def _tiny_librispeech(root: Path) -> Path:
 
 
 def test_tiny_librispeech_loads_and_trains_one_step(tmp_path):
-    asr = recipe("speech_recognition")
-    kws = recipe("keyword_spotting")
     base = LibriSpeech(_tiny_librispeech(tmp_path), "tiny", pipeline=LogMel(16000, 16))
     assert [m["utterance_id"] for *_, m, _ in base.items] == [0, 1]
-    ds = asr.UttSet(base, kws.SpikeCode(levels=2), stack=2)
-    x, target, metas = asr.collate_ctc([ds[0], ds[1]])
+    ds = asr.UttSet(base, SpikeCode(levels=2), stack=2)
+    x, target, metas = asr.collate_ctc([ds[0], ds[1]])                # x (T, B, k·C)
     labels, in_lens, tgt_lens = target
     assert x.shape == (int(in_lens.max()), 2, 64) and set(x.unique().tolist()) <= {0.0, 1.0}
     assert asr.ids_to_text(labels[0, : tgt_lens[0]].tolist()) == "HE SAID"
     assert tgt_lens.tolist() == [7, 2] and metas[1]["text"] == "NO"
+    pre = asr.ASRPre(n_mels=16, levels=2, stack=2)
+    assert pre.n_inputs == 64
+    opened = asr.UttSet.open(tmp_path, "tiny", pre)
+    assert torch.equal(opened[1][0], ds[1][0])
     torch.manual_seed(0)
-    model = asr.build_model({"d_model": 16, "n_inputs": 64, "n_classes": 29, "d_state": 4})
+    model = models.build(asr.asr_spec(64, d_model=16, n_layers=1, d_state=4))
     before = [p.detach().clone() for p in model.parameters()]
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     loss = asr.ctc_loss(model.forward_seq(x)[0], target)
@@ -254,105 +341,20 @@ def test_tiny_librispeech_loads_and_trains_one_step(tmp_path):
     opt.step()
     assert math.isfinite(loss.item()) and loss.item() > 0
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    res = asr.ctc_eval(model, ds, batch_size=2, beam=2, n_examples=1)
+    assert res["examples"][0]["ref"] == "HE SAID" and res["wer"] >= 0 and res["cer"] >= 0
 
 
-# ---------------------------------------------------------------------------- smoke runs
-def test_keyword_spotting_synthetic_runs_and_reloads(tmp_path, monkeypatch):
-    monkeypatch.setenv("BIMSNN_SHARED_DATA", str(tmp_path / "absent"))
-    kws = recipe("keyword_spotting")
-    out = tmp_path / "kws"
-    args = ["--out-dir", str(out), "--epochs", "2", "--d-model", "16", "--d-state", "4",
-            "--duration-s", "0.3", "--max-items", "40", "--no-progress"]
-    res = kws.main(args)
-    assert res["data"]["synthetic"] and 0.0 <= res["accuracy"] <= 1.0
-    assert np.asarray(res["confusion"]).shape == (10, 10)
-    assert json.loads((out / "metrics.json").read_text())["accuracy"] == res["accuracy"]
-    assert (out / "confusion.png").stat().st_size > 0
-    again = kws.main(["--eval-only", "--checkpoint", str(out / "model.pt"), "--out-dir",
-                      str(tmp_path / "eval"), "--data-dir", str(out / "synthetic_fsdd"),
-                      "--max-items", "40"])
-    assert again["accuracy"] == pytest.approx(res["accuracy"])
-
-
-def test_keyword_spotting_real_fsdd_hybrid(shared_data, tmp_path):
-    kws = recipe("keyword_spotting")
-    res = kws.main(["--out-dir", str(tmp_path), "--rule", "hybrid", "--epochs", "1",
-                    "--d-model", "16", "--d-state", "4", "--duration-s", "0.3",
-                    "--max-items", "30", "--split", "speaker", "--test-speakers", "theo",
-                    "--no-progress"])
-    assert res["data"]["test_speakers"] == ["theo"] and res["n_test"] == 30
-    assert 0.0 <= res["accuracy"] <= 1.0 and res["rule"] == "hybrid"
-
-
-@pytest.mark.parametrize("rule", ["bptt", "hybrid"])
-def test_speech_recognition_smoke(tmp_path, rule):
-    asr = recipe("speech_recognition")
-    res = asr.main(["--out-dir", str(tmp_path), "--smoke-utts", "8", "--epochs", "1",
-                    "--d-model", "16", "--n-layers", "1", "--d-state", "4", "--batch-size",
-                    "4", "--rule", rule, "--beam", "2" if rule == "bptt" else "0",
-                    "--no-progress"])
-    saved = json.loads((tmp_path / "metrics.json").read_text())
-    assert saved["wer"] == res["wer"] >= 0 and saved["cer"] == res["cer"] >= 0
-    assert res["n_test"] == 2 and len(res["examples"]) == 2
-    assert (tmp_path / "smoke_librispeech/LibriSpeech/train-clean-100").is_dir()
-
-
-@pytest.mark.parametrize("level,model", [("char", "mamba"), ("word", "mamba"),
-                                         ("char", "lstm")])
-def test_language_modeling_smoke(tmp_path, level, model):
-    lm = recipe("language_modeling")
-    args = ["--out-dir", str(tmp_path), "--level", level, "--model", model, "--epochs", "1",
-            "--max-train-tokens", "1500", "--max-eval-tokens", "400", "--seq-len", "16",
-            "--d-model", "16", "--d-embed", "8", "--n-layers", "1", "--d-state", "4",
-            "--no-progress"]
-    res = lm.main(args)
-    V = res["vocab_size"]
-    assert math.isfinite(res["bpc"]) and res["bpc"] > 0 and res["ppl"] > 1
-    if level == "char":
-        assert res["bpc"] < math.log2(V) + 0.5        # ≈ uniform at worst after 1 epoch
-        assert res["ppl"] == pytest.approx(2 ** res["bpc"], rel=1e-6)
-    again = lm.main(["--eval-only", "--checkpoint", str(tmp_path / "model.pt"), "--out-dir",
-                     str(tmp_path / "eval"), *args[2:]])
-    assert again["bpc"] == pytest.approx(res["bpc"], rel=1e-5)
-
-
-def test_language_modeling_online_rule(tmp_path):
-    lm = recipe("language_modeling")
-    res = lm.main(["--out-dir", str(tmp_path), "--rule", "hybrid", "--epochs", "1",
-                   "--max-train-tokens", "300", "--max-eval-tokens", "200", "--seq-len", "8",
-                   "--d-model", "8", "--d-embed", "4", "--n-layers", "1", "--d-state", "4",
-                   "--no-progress"])
-    assert math.isfinite(res["bpc"]) and res["rule"] == "hybrid"
-    with pytest.raises(SystemExit):
-        lm.main(["--out-dir", str(tmp_path), "--model", "lstm", "--rule", "rtrl"])
-
-
-def test_keyword_spotting_speech_commands_layout(tmp_path):
-    """A tiny Speech Commands v2 folder (yes/no/cat + noise): the 12-class task runs."""
-    kws = recipe("keyword_spotting")
-    root = tmp_path / "sc"
-    rng = np.random.default_rng(0)
-    lists = {"validation": [], "testing": []}
-    for w, word in enumerate(("yes", "no", "cat")):
-        (root / word).mkdir(parents=True)
-        for k in range(6):
-            name = f"{word}/{k:08x}_nohash_0.wav"
-            t = np.arange(8000) / 16000
-            sf.write(root / name, (0.3 * np.sin(2 * np.pi * (300 + 400 * w) * t)
-                                   + 0.01 * rng.standard_normal(len(t))).astype(np.float32),
-                     16000)
-            if k == 4:
-                lists["validation"].append(name)
-            elif k == 5:
-                lists["testing"].append(name)
-    (root / "_background_noise_").mkdir()
-    sf.write(root / "_background_noise_" / "white.wav",
-             (0.1 * rng.standard_normal(32000)).astype(np.float32), 16000)
-    for split, names in lists.items():
-        (root / f"{split}_list.txt").write_text("\n".join(names) + "\n")
-    res = kws.main(["--dataset", "speechcommands", "--data-dir", str(root), "--classes",
-                    "v2_12", "--out-dir", str(tmp_path / "run"), "--epochs", "1",
-                    "--d-model", "8", "--d-state", "4", "--duration-s", "0.2",
-                    "--no-progress"])
-    assert res["classes"][:3] == ["_silence_", "_unknown_", "yes"] and len(res["classes"]) == 12
-    assert res["n_test"] == 4 and np.asarray(res["confusion"]).shape == (12, 12)
+def test_lm_windows_and_bits_per_character_at_word_level():
+    """Word level: bpc spreads the bits over each word + one space (<eos>: a newline)."""
+    texts = {"train": " a bb \n a \n", "valid": " bb a \n", "test": " a a bb \n"}
+    vocab = Vocab.build(tokenize(texts["train"], "word"))
+    data = lm.windows(texts, vocab, "word", 2, max_train=4)        # train: 5 tokens → 4
+    assert [len(d.ids) for d in data.values()] == [4, 3, 4]
+    assert data["test"].ids.tolist() == vocab.encode(["a", "a", "bb", "<eos>"]).tolist()
+    x, y, _ = collate_lm([data["test"][0]])                        # (T, B) each
+    assert x.shape == (2, 1) and torch.equal(y[:1], x[1:])
+    char_len = lm.chars_per_token(vocab, "word")
+    assert {w: char_len[vocab.encode([w])[0]].item() for w in ("a", "bb", "<eos>")} == {
+        "a": 2.0, "bb": 3.0, "<eos>": 1.0}
+    assert torch.equal(lm.chars_per_token(vocab, "char"), torch.ones(len(vocab)))

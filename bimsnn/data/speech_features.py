@@ -28,6 +28,7 @@ import torchaudio
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from bimsnn.data.audio import check_analysis_window
 from bimsnn.encoding import SpikeCode  # noqa: F401  (re-export: moved to bimsnn.encoding)
 
 NORMS = ("global", "cmn", "speaker")
@@ -122,12 +123,19 @@ class SpikeSet(Dataset):
 
 
 def _logmel(ds, i: int, resample: torch.nn.Module | None) -> Tensor:
-    """(T, F) log-mel of item i of an audio dataset, the waveform first resampled."""
+    """(T, F) log-mel of item i of an audio dataset, the waveform first resampled.
+
+    Raises:
+        DataError: naming the file, if the (resampled) waveform is shorter than one
+            analysis window (:func:`bimsnn.data.audio.check_analysis_window`).
+    """
     if resample is None:
-        return ds[i][0]
+        return ds[i][0]  # the dataset checks the window itself
     path, _, _, segment = ds.items[i]
     with torch.no_grad():
-        return ds.pipeline.features(resample(ds.pipeline.load(path, *(segment or ()))))
+        wave = resample(ds.pipeline.load(path, *(segment or ())))    # (N,)
+        check_analysis_window(path, wave, ds.pipeline)
+        return ds.pipeline.features(wave)
 
 
 def speed_resampler(sample_rate: int, factor: float) -> tuple[torch.nn.Module | None, float]:
@@ -150,6 +158,10 @@ def load_features(ds: Dataset, idx, frames: int, norm: str = "global", fit: str 
     ``speed`` ≠ 1 speed-perturbs every waveform first. ``norm="speaker"`` computes each
     speaker's stats over the items given here (so over the perturbed copies when
     ``speed`` ≠ 1: they count as other voices); items need ``meta["speaker"]``.
+
+    Raises:
+        DataError: naming the file, for audio shorter than one analysis window (checked
+            after speed perturbation, before the log-mel) or unreadable audio.
     """
     if norm not in NORMS:
         raise ValueError(f"normalisation must be one of {NORMS}, got {norm!r}")

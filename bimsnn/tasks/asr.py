@@ -1,0 +1,245 @@
+"""Character CTC speech recognition: LibriSpeech-layout utterances → spikes → CTC → WER/CER.
+
+Symbols: T frames (after stacking k of them: T/k model steps), B batch, F mel bands, C
+spike afferents per frame, V = 29 output classes (CTC blank 0, space, apostrophe, A-Z),
+S transcript length.
+
+One preprocessing spec (:class:`ASRPre`, stored in ``model.pt``): log-mel → per-utterance
+normalisation → thermometer spikes (:class:`~bimsnn.encoding.SpikeCode`) → ``stack``
+consecutive frames concatenated (:class:`UttSet`) → ``spiking_mamba`` per-step logits
+(T/k, B, V) → ``torch.nn.functional.ctc_loss`` (:func:`ctc_loss`). Decoding
+(:func:`ctc_eval`): greedy best path or prefix beam search (:mod:`bimsnn.metrics`); WER /
+CER are corpus-level edit-distance rates.
+
+Smoke data (:func:`write_smoke_librispeech`): transcripts of 2-4 words from a 20-word list,
+each character rendered as a 70 ms two-tone chord (a space: 60 ms of silence); speakers
+shift all tones by a few per cent. It checks that the pipeline runs and learns; it is not
+speech, and its WER says nothing about LibriSpeech.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+from bimsnn import models
+from bimsnn.data import LibriSpeech, LogMel
+from bimsnn.data.speech_features import normalise
+from bimsnn.encoding import SpikeCode
+from bimsnn.metrics import ctc_beam_decode, ctc_greedy_decode, error_counts
+from bimsnn.training import CheckpointError, TrainConfig, distributed
+from bimsnn.training.online import seq_logits
+
+RECIPE = "speech_recognition"
+CHARS = " 'ABCDEFGHIJKLMNOPQRSTUVWXYZ"   # id = 1 + index; 0 is the CTC blank
+BLANK = 0
+
+
+@dataclass
+class ASRPre:
+    """How an utterance becomes model input (kept in model.pt as a dict)."""
+
+    sample_rate: int = 16000
+    n_mels: int = 40              # F
+    norm: str = "global"          # per utterance: global | cmn
+    levels: int = 4               # thermometer levels per band
+    delta: float | None = None    # ON/OFF spikes when a band moves by this
+    stack: int = 2                # k frames per model step
+
+    @property
+    def code(self) -> SpikeCode:
+        return SpikeCode(self.levels, self.delta)
+
+    @property
+    def n_inputs(self) -> int:
+        """k·C afferents per model step."""
+        return self.code.n_channels(self.n_mels) * self.stack
+
+
+def pre_from_checkpoint(ck: dict, path) -> ASRPre:
+    """The :class:`ASRPre` of a speech_recognition model.pt (format 2, or format 1's
+    ``features``); another recipe's model.pt is a CheckpointError naming the file."""
+    pre, recipe = ck.get("preprocessing"), ck.get("recipe")
+    need = ("n_mels", "norm", "levels", "stack")
+    if recipe not in (None, RECIPE) or not (isinstance(pre, dict) and all(k in pre for k in need)):
+        what = recipe or "no speech-recognition features in it"
+        raise CheckpointError(path, f"another recipe's model.pt ({what}); pass a "
+                              "speech_recognition model.pt")
+    return ASRPre(**{k: v for k, v in pre.items() if k in ASRPre.__dataclass_fields__})
+
+
+def save_model(path: Path, model: nn.Module, spec: dict, pre: ASRPre, tc: TrainConfig) -> Path:
+    return models.save(path, model, spec, preprocessing=asdict(pre), recipe=RECIPE,
+                       chars=CHARS, rule=tc.rule, train_config=asdict(tc))
+
+
+def asr_spec(n_inputs: int, *, d_model: int = 96, n_layers: int = 2, d_state: int = 16,
+             readout_beta: float = 0.5) -> dict:
+    """``spiking_mamba`` with per-step logits: readout "li" (the integrator's membrane at
+    each step, leak ``readout_beta``; 0: no smoothing), V = 1 + len(CHARS) outputs."""
+    return models.spec("spiking_mamba", d_model=d_model, n_inputs=n_inputs,
+                       n_classes=1 + len(CHARS), n_layers=n_layers, d_state=d_state,
+                       readout="li", readout_beta=readout_beta)
+
+
+# ---------------------------------------------------------------------------- text
+def text_to_ids(text: str) -> list[int]:
+    """Upper-cased transcript → ids; characters outside CHARS are dropped.
+
+    >>> text_to_ids("He's 2!"), ids_to_text(text_to_ids("He's 2!"))
+    ([10, 7, 2, 21, 1], "HE'S ")
+    """
+    return [1 + CHARS.index(c) for c in text.upper() if c in CHARS]
+
+
+def ids_to_text(ids: list[int]) -> str:
+    return "".join(CHARS[i - 1] for i in ids if 0 < i <= len(CHARS))
+
+
+# ---------------------------------------------------------------------------- smoke data
+_WORDS = ("THE", "AND", "OF", "TO", "A", "IN", "HE", "IT", "WAS", "FOR", "ON", "IS", "WITH",
+          "HIS", "AS", "AT", "BY", "BE", "NOT", "SHE")
+_TONES = (400.0, 600.0, 900.0, 1300.0, 1800.0, 2500.0, 3400.0, 4600.0)  # Hz, ~mel-spaced
+_PAIRS = [(i, j) for i in range(8) for j in range(i + 1, 8)]          # 28 ≥ 27 symbols
+
+
+def _render(text: str, pitch: float, sr: int, rng: np.random.Generator) -> np.ndarray:
+    """(N,) float32: each character a 70 ms (±10 %) two-tone chord (its own pair of _TONES,
+    scaled by the speaker's ``pitch``) under a Hann window; the dip between characters
+    marks repeats."""
+    segs = [np.zeros(int(0.08 * sr))]
+    for c in text:
+        if c == " ":
+            segs.append(np.zeros(int(0.06 * sr)))
+            continue
+        n = int(sr * 0.07 * rng.uniform(0.9, 1.1))
+        t = np.arange(n) / sr
+        i, j = _PAIRS[CHARS.index(c) - 1]
+        chord = sum(np.sin(2 * np.pi * pitch * _TONES[k] * t + rng.uniform(0, 2 * np.pi))
+                    for k in (i, j))
+        segs.append(chord * np.hanning(n))
+    segs.append(np.zeros(int(0.08 * sr)))
+    wave = np.concatenate(segs)
+    wave = 0.5 * wave / np.abs(wave).max() + 0.002 * rng.standard_normal(len(wave))
+    return wave.astype(np.float32)
+
+
+def write_smoke_librispeech(root: str | Path, n_train: int = 160, seed: int = 0,
+                            urls: tuple[str, str, str] = ("train-clean-100", "dev-clean",
+                                                          "test-clean"),
+                            sample_rate: int = 16000, ext: str = ".flac") -> Path:
+    """Write the smoke set (module docstring) as ``root/LibriSpeech/<url>/...``; val and
+    test get ``n_train // 4`` utterances each, from their own speakers. Returns root."""
+    rng = np.random.default_rng(seed)
+    root = Path(root)
+    for u, url in enumerate(urls):
+        n = n_train if u == 0 else max(1, n_train // 4)
+        for spk in range(2):
+            speaker, chapter = 100 * (u + 1) + spk, 10 + spk
+            folder = root / "LibriSpeech" / url / str(speaker) / str(chapter)
+            folder.mkdir(parents=True, exist_ok=True)
+            lines = []
+            pitch = 0.94 + 0.04 * spk + 0.02 * u                      # speaker "voice"
+            for k in range(spk, n, 2):
+                text = " ".join(rng.choice(_WORDS, int(rng.integers(2, 5))))
+                uid = f"{speaker}-{chapter}-{k:04d}"
+                sf.write(folder / f"{uid}{ext}", _render(text, pitch * rng.uniform(0.98, 1.02),
+                                                         sample_rate, rng), sample_rate)
+                lines.append(f"{uid} {text}")
+            (folder / f"{speaker}-{chapter}.trans.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
+# ---------------------------------------------------------------------------- dataset
+class UttSet(Dataset):
+    """LibriSpeech items → ``(spikes (T/k, k·C) uint8, transcript, meta)``, memoised.
+
+    Args:
+        base: a :class:`~bimsnn.data.LibriSpeech` whose pipeline gives (T, F) log-mel.
+        code: thermometer spike code. stack: k. cache: keep encoded items in memory.
+        max_utts: use only the first ones. norm: :func:`~bimsnn.data.speech_features.normalise`.
+    """
+
+    def __init__(self, base: LibriSpeech, code: SpikeCode, stack: int, cache: bool = True,
+                 max_utts: int | None = None, norm: str = "global"):
+        self.base, self.code, self.stack, self.cache, self.norm = base, code, stack, cache, norm
+        self.n = min(len(base), max_utts) if max_utts else len(base)
+        self._memo: dict[int, tuple] = {}
+
+    @classmethod
+    def open(cls, root: str | Path, url: str, pre: ASRPre, *, ext_audio: str = ".flac",
+             cache: bool = True, max_utts: int | None = None, strict: bool = False) -> UttSet:
+        """The ``url`` subset of the LibriSpeech layout under ``root``, coded as ``pre`` says."""
+        base = LibriSpeech(root, url, ext_audio=ext_audio, strict=strict,
+                           pipeline=LogMel(pre.sample_rate, pre.n_mels))
+        return cls(base, pre.code, pre.stack, cache, max_utts, pre.norm)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int):
+        if i in self._memo:
+            return self._memo[i]
+        logmel, text, meta = self.base[i]
+        s = self.code(normalise(logmel, self.norm)).to(torch.uint8)  # (T, C)
+        T = len(s) // self.stack * self.stack
+        s = s[:T].reshape(T // self.stack, -1) if T else s[:1].repeat(1, self.stack)
+        item = (s, text, {**meta, "text": text})
+        if self.cache:
+            self._memo[i] = item
+        return item
+
+
+def collate_ctc(batch: list[tuple]) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor], list]:
+    """→ x (T_max, B, C) zero-padded at the end; target = (labels (B, S_max), input lengths
+    (B,), label lengths (B,)); metas (with ``text``)."""
+    xs, texts, metas = zip(*batch)
+    x = torch.nn.utils.rnn.pad_sequence([s.float() for s in xs])      # (T_max, B, C)
+    ids = [torch.tensor(text_to_ids(t), dtype=torch.long) for t in texts]
+    labels = torch.nn.utils.rnn.pad_sequence(ids, batch_first=True)  # (B, S_max), 0-padded
+    return (x, (labels, torch.tensor([len(s) for s in xs]), torch.tensor([len(i) for i in ids])),
+            list(metas))
+
+
+def ctc_loss(logits: Tensor, target: tuple[Tensor, Tensor, Tensor]) -> Tensor:
+    """Mean CTC loss per target character (``reduction="mean"``) of logits (T, B, V)."""
+    labels, in_lens, tgt_lens = target
+    return F.ctc_loss(logits.log_softmax(-1), labels, in_lens, tgt_lens, blank=BLANK,
+                      zero_infinity=True)
+
+
+@torch.no_grad()
+def ctc_eval(model: nn.Module, ds: Dataset, batch_size: int, beam: int = 0,
+             n_examples: int = 0) -> dict:
+    """Decode every item of ``ds`` (sharded over ranks, sums reduced) → loss (mean per
+    utterance of :func:`ctc_loss`), wer, cer, and the first ``n_examples`` (ref, hyp)."""
+    info = distributed.dist_info()
+    device = next(model.parameters()).device
+    was = model.training
+    model.eval()
+    sums = np.zeros(6)      # Σ loss·items, items, word edits, words, char edits, chars
+    examples = []
+    idx = list(range(info.rank, len(ds), info.world_size))
+    for k in range(0, len(idx), batch_size):
+        x, target, metas = collate_ctc([ds[i] for i in idx[k:k + batch_size]])
+        target = tuple(t.to(device) for t in target)
+        logits = seq_logits(model, x.to(device))                     # (T, B, V)
+        lp = logits.log_softmax(-1)
+        hyp_ids = (ctc_beam_decode(lp, target[1], BLANK, beam) if beam
+                   else ctc_greedy_decode(lp, target[1], BLANK))
+        hyps = [ids_to_text(h) for h in hyp_ids]
+        refs = [ids_to_text(text_to_ids(m["text"])) for m in metas]
+        sums += [ctc_loss(logits, target).item() * len(refs), len(refs),
+                 *error_counts(refs, hyps, "word"), *error_counts(refs, hyps, "char")]
+        examples += list(zip(refs, hyps))[: max(0, n_examples - len(examples))]
+    model.train(was)
+    loss_n, n, we, wn, ce, cn = distributed.allreduce_sum(sums.tolist(), device)
+    return {"loss": loss_n / max(n, 1), "wer": we / max(wn, 1), "cer": ce / max(cn, 1),
+            **({"examples": [{"ref": r, "hyp": h} for r, h in examples]} if n_examples else {})}

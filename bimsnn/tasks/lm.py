@@ -1,0 +1,147 @@
+"""Character- and word-level language modelling: WikiText layout → token windows → BPC.
+
+Symbols: S tokens in a split, T window length, B batch, V vocabulary size, E embedding
+width, D model width.
+
+Data: the WikiText-103 layout (``wiki.{train,valid,test}.<suffix>``,
+:mod:`bimsnn.data.text`), or CPython's ``pydoc_data.topics`` written in that layout
+(:func:`load_corpus`). The vocabulary comes from the training split (``<unk>`` for
+anything else) and is stored in ``model.pt`` with the token level (:func:`lm_pre`).
+
+Models (:mod:`bimsnn.models`): ``spiking_mamba_lm`` (ids → Embedding → Linear + LIF →
+SpikingMamba blocks → Linear, readout integrator off) or the ``lstm_lm`` baseline; both
+give per-step logits (T, B, V). Every window of T tokens starts from a zero state
+(:class:`~bimsnn.data.LMWindows`).
+
+Metrics (:func:`lm_eval`): ``bpc`` (bits per character) and ``ppl`` (perplexity per
+token). At word level, ``bpc`` spreads the total bits over the characters of the scored
+text (each word plus one separating space; ``<eos>`` one newline).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from bimsnn import models
+from bimsnn.data import LMWindows, Vocab, collate_lm, read_wikitext, write_embedded_corpus
+from bimsnn.data.text import EOS, tokenize
+from bimsnn.metrics import bits_per_char, perplexity
+from bimsnn.training import CheckpointError, RunError, TrainConfig, distributed, fit
+
+RECIPE = "language_modeling"
+SPLITS = ("train", "valid", "test")
+
+
+def load_corpus(data_dir: str | None, corpus_dir: Path, suffix: str = "tokens") -> dict[str, str]:
+    """{split: text}: ``data_dir`` (WikiText layout), else the embedded pydoc corpus written
+    once to ``corpus_dir`` (rank 0; the others wait)."""
+    root = Path(data_dir) if data_dir else corpus_dir
+    if not data_dir and distributed.dist_info().is_main:
+        write_embedded_corpus(root)
+    distributed.barrier()
+    return read_wikitext(root, suffix)
+
+
+def windows(texts: dict[str, str], vocab: Vocab, level: str, seq_len: int,
+            max_train: int | None = None, max_eval: int | None = None) -> dict[str, LMWindows]:
+    """{split: LMWindows of T = ``seq_len``} over the token ids of each split, train cut to
+    its first ``max_train`` tokens and valid/test to ``max_eval`` (quick runs)."""
+    out = {}
+    for split, text in texts.items():
+        ids = vocab.encode(tokenize(text, level))                    # (S,)
+        cap = max_train if split == "train" else max_eval
+        out[split] = LMWindows(ids[:cap] if cap else ids, seq_len)
+    return out
+
+
+def lm_spec(model: str, vocab_size: int, *, d_embed: int = 32, d_model: int = 96,
+            n_layers: int = 1, d_state: int = 16, beta: float = 0.9) -> dict:
+    """``spiking_mamba_lm`` (``model="mamba"``) or ``lstm_lm`` (``"lstm"``: hidden width
+    ``d_model``, ``n_layers`` LSTM layers)."""
+    if model == "lstm":
+        return models.spec("lstm_lm", vocab_size=vocab_size, d_embed=d_embed, hidden=d_model,
+                           num_layers=n_layers)
+    return models.spec("spiking_mamba_lm", vocab_size=vocab_size, d_embed=d_embed,
+                       d_model=d_model, n_layers=n_layers, d_state=d_state, beta=beta)
+
+
+def lm_pre(vocab: Vocab, level: str, seq_len: int) -> dict:
+    """The preprocessing kept in model.pt: vocabulary, token level, window length."""
+    return {"vocab": vocab.state_dict(), "level": level, "seq_len": seq_len}
+
+
+def pre_from_checkpoint(ck: dict, path) -> tuple[Vocab, str]:
+    """(vocabulary, level) of a language_modeling model.pt (format 2 or 1); another
+    recipe's model.pt is a CheckpointError naming the file."""
+    pre, recipe = ck.get("preprocessing"), ck.get("recipe")
+    if recipe not in (None, RECIPE) or not (isinstance(pre, dict) and "vocab" in pre
+                                            and pre.get("level") in ("char", "word")):
+        what = recipe or "no vocabulary in it"
+        raise CheckpointError(path, f"another recipe's model.pt ({what}); pass a "
+                              "language_modeling model.pt")
+    return Vocab.from_state_dict(pre["vocab"]), pre["level"]
+
+
+def lm_loss(logits: Tensor, y: Tensor) -> Tensor:
+    """Mean next-token cross-entropy (nats) of logits (T, B, V) against y (T, B)."""
+    return F.cross_entropy(logits.flatten(0, 1), y.flatten())
+
+
+def chars_per_token(vocab: Vocab, level: str) -> Tensor:
+    """(V,) characters each token stands for, for bits per *character*: 1 at char level;
+    word + separating space at word level (``<eos>``: the newline).
+
+    >>> chars_per_token(Vocab(["<unk>", "<eos>", "cat"]), "word").tolist()
+    [6.0, 1.0, 4.0]
+    """
+    if level == "char":
+        return torch.ones(len(vocab))
+    return torch.tensor([1.0 if s == EOS else len(s) + 1.0 for s in vocab.itos])
+
+
+@torch.no_grad()
+def lm_eval(model: nn.Module, ds: LMWindows, batch_size: int, char_len: Tensor) -> dict:
+    """Summed NLL over every window of ``ds`` (sharded over ranks, sums reduced) → loss
+    (nats per token), bpc, ppl, tokens. ``char_len``: (V,) from :func:`chars_per_token`."""
+    info = distributed.dist_info()
+    device = next(model.parameters()).device
+    was = model.training
+    model.eval()
+    nll = n_tok = n_chr = 0.0
+    idx = list(range(info.rank, len(ds), info.world_size))
+    for k in range(0, len(idx), batch_size):
+        x, y, _ = collate_lm([ds[i] for i in idx[k:k + batch_size]])  # (T, B) each
+        logits = model.forward_seq(x.to(device))                     # (T, B, V)
+        nll += F.cross_entropy(logits.flatten(0, 1), y.flatten().to(device),
+                               reduction="sum").item()
+        n_tok += y.numel()
+        n_chr += char_len[y].sum().item()
+    model.train(was)
+    nll, n_tok, n_chr = distributed.allreduce_sum([nll, n_tok, n_chr], device)
+    return {"loss": nll / n_tok, "bpc": bits_per_char(nll, int(n_chr)),
+            "ppl": perplexity(nll, int(n_tok)), "tokens": int(n_tok)}
+
+
+def train_lm(spec: dict, data: dict[str, LMWindows], tc: TrainConfig, char_len: Tensor
+             ) -> tuple[nn.Module, list[dict], float]:
+    """Seed, build, :func:`bimsnn.training.fit` (``per_step=True``, next-token loss; the
+    validation loss picks the best epoch). Returns (model, history, training seconds).
+
+    Raises:
+        RunError: an online ``tc.rule`` for a model without ``step`` (the LSTM).
+    """
+    if spec["name"] == "lstm_lm" and tc.rule != "bptt":
+        raise RunError(None, f"--model lstm has no step(): train it with --rule bptt, "
+                       f"not {tc.rule}")
+    torch.manual_seed(tc.seed)
+    model = models.build(spec)
+    t0 = time.perf_counter()
+    history = fit(model, data["train"], None, tc, loss_fn=lm_loss, per_step=True,
+                  collate_fn=collate_lm, monitor="loss",
+                  validate=lambda m: lm_eval(m, data["valid"], tc.batch_size, char_len))
+    return model, history, time.perf_counter() - t0
