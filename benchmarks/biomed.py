@@ -27,7 +27,7 @@ the best rule); the other models' F1 are in the table.
 
 Models: ``SpikingMambaNet`` (1 block; logits = mean of the per-step leaky-integrator
 readout over the last half of the window, for BPTT and online alike) trained by BPTT
-(parallel scan), RTRL and Hybrid through :func:`bimsnn.train.fit` (online rules: per-step
+(parallel scan), RTRL and Hybrid through :func:`bimsnn.training.fit` (online rules: per-step
 loss on the last half of the window, state detached between steps). Hybrid: λ·RTRL gradient
 − (1 − λ)·STDP with λ = 0.9 on the hidden spiking pairs (in_fc→in_lif, out_proj→lif), the
 readout and the SSM on the plain online gradient, STDP A+ = 1e-4 (A− = 1.05e-4), 1 % of
@@ -77,7 +77,7 @@ from pathlib import Path
 
 import torch
 
-try:  # `python benchmarks/biomed.py` puts benchmarks/ on sys.path; `-m` does not.
+try:  # `python benchmarks/biomed.py` imports its neighbours directly; `-m` cannot.
     from benchutil import result_line
 except ImportError:
     from benchmarks.benchutil import result_line

@@ -27,7 +27,7 @@ import argparse
 import snntorch as snn
 import torch
 
-try:  # `python benchmarks/lif.py` puts benchmarks/ on sys.path; `-m benchmarks.lif` does not.
+try:  # `python benchmarks/lif.py` imports its neighbours directly; `-m` cannot.
     from benchutil import interleaved_medians, result_line
 except ImportError:
     from benchmarks.benchutil import interleaved_medians, result_line

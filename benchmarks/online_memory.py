@@ -48,7 +48,7 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
-try:  # `python benchmarks/online_memory.py` puts benchmarks/ on sys.path; `-m` does not.
+try:  # `python benchmarks/online_memory.py` imports its neighbours directly; `-m` cannot.
     from benchutil import interleaved_medians, result_line
 except ImportError:
     from benchmarks.benchutil import interleaved_medians, result_line

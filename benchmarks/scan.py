@@ -23,7 +23,7 @@ import argparse
 
 import torch
 
-try:  # `python benchmarks/scan.py` puts benchmarks/ on sys.path; `-m benchmarks.scan` does not.
+try:  # `python benchmarks/scan.py` imports its neighbours directly; `-m` cannot.
     from benchutil import interleaved_medians, result_line
 except ImportError:
     from benchmarks.benchutil import interleaved_medians, result_line

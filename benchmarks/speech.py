@@ -6,9 +6,9 @@ Symbols: N recordings (2000: 4 speakers × 10 digits × 50 takes), T frames, F m
     python benchmarks/speech.py --rules bptt           # ~10 min: the RESULT targets
     python benchmarks/speech.py --splits speaker --folds nicolas --rules bptt
 
-Script, not CI: needs the real FSDD in ``bimsnn._paths.shared_data_dir()/fsdd`` (or
+Script, not CI: needs the real FSDD in ``bimsnn.paths.shared_data_dir()/fsdd`` (or
 ``--data-dir``). Pipeline and model are those of ``recipes/keyword_spotting.py``
-(:mod:`bimsnn.data.speech_features` → thermometer spikes → SpikingMambaNet); features
+(:mod:`bimsnn.tasks.speech`, :mod:`bimsnn.data.speech_features` → thermometer spikes → SpikingMambaNet); features
 are computed once. Splits and their features:
     takes      takes 0-4 of every speaker and digit are test (200), the rest train (1800);
                per-utterance ``global`` norm, centre crop, D = 64, 20 epochs.
@@ -30,22 +30,19 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "recipes"))
-import keyword_spotting as kws  # noqa: E402
-
-from bimsnn._paths import shared_data_dir  # noqa: E402
-from bimsnn.data.audio import FSDD, LogMel  # noqa: E402
-from bimsnn.data.speech_features import SpikeCode, SpikeSet, load_features  # noqa: E402
-from bimsnn.train import TrainConfig, compute_metrics, evaluate  # noqa: E402
+from bimsnn import models
+from bimsnn.data import FSDD
+from bimsnn.data.speech_features import SpikeSet, load_features
+from bimsnn.metrics import classification_metrics as compute_metrics
+from bimsnn.paths import shared_data_dir
+from bimsnn.tasks import speech as kws
+from bimsnn.training import TrainConfig, evaluate
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -103,10 +100,10 @@ def main(argv: list[str] | None = None) -> dict:
     if not root.is_dir():
         raise SystemExit(f"FSDD not found at {root}: pass --data-dir")
 
-    cfg = kws.KWSConfig(d_model=a.d_model, val_frac=0.0, hybrid_grad=a.hybrid_grad)
+    pre = kws.KWSPre()                                  # the recipe's default features
     t0 = time.perf_counter()
-    ds = FSDD(root, pipeline=LogMel(8000, cfg.n_mels, hop_ms=cfg.hop_ms, f_min=50.0))
-    frames = round(cfg.duration_s * 1000 / cfg.hop_ms)
+    ds = FSDD(root, pipeline=pre.pipeline())
+    frames = pre.frames
     setups = {"takes": (a.norm_takes, "crop", ()),
               "speaker": (a.norm_speaker, a.fit_speaker, tuple(a.speed_speaker))}
     setups = {k: v for k, v in setups.items() if k in a.splits}
@@ -120,14 +117,13 @@ def main(argv: list[str] | None = None) -> dict:
     takes = np.array([m["take"] for m in metas])
     print(f"FSDD: {len(ds)} recordings, speakers {sorted(map(str, set(speakers)))}, features "
           f"{setups} in {time.perf_counter() - t0:.0f} s", flush=True)
-    code = SpikeCode(cfg.levels, cfg.delta)
-    n_in = code.n_channels(cfg.n_mels)
+    code, n_in = pre.code, pre.n_inputs
 
     def subset(mask: np.ndarray, split: str, train: bool, speed: float = 1.0):
         idx = np.flatnonzero(mask)
         n, f, speeds = setups[split]
         sets = [SpikeSet(feats[(n, f, sp)][idx], [labels[i] for i in idx],
-                         [metas[i] for i in idx], code, augment=train and cfg.augment)
+                         [metas[i] for i in idx], code, augment=train)
                 for sp in ((1.0, *speeds) if train else (speed,))]
         return sets[0] if len(sets) == 1 else torch.utils.data.ConcatDataset(sets)
 
@@ -154,14 +150,17 @@ def main(argv: list[str] | None = None) -> dict:
             tc = TrainConfig(epochs=epochs, batch_size=a.batch_size,
                              lr=a.lr if rule == "bptt" else a.hybrid_lr,
                              weight_decay=0.01, rule=rule, lam=a.lam, seed=a.seed,
+                             hybrid_grad=a.hybrid_grad,
                              balance=a.hybrid_balance, loss_window=a.loss_window,
                              grad_clip=None if rule == "bptt" else a.grad_clip,
                              progress=False, plots=False)
             t1 = time.perf_counter()
-            run_cfg = replace(cfg, readout="mean_mem" if rule == "bptt" else a.hybrid_readout,
-                              d_model=a.d_model if split == "takes" else a.d_model_speaker)
-            model, hist = kws.train_model(kws.model_spec(run_cfg, n_in, 10),
-                                          sets if rule == "bptt" else held, tc, run_cfg)
+            spec = kws.kws_spec(n_in, 10, rule=rule,
+                                d_model=a.d_model if split == "takes" else a.d_model_speaker,
+                                readout="mean_mem" if rule == "bptt" else a.hybrid_readout)
+            # the figures above were measured with the readout bias left at its random init
+            spec = models.spec(spec["name"], **spec["kwargs"], zero_readout_bias=False)
+            model, hist, _ = kws.train_kws(spec, sets if rule == "bptt" else held, tc)
             if rule != "bptt" and n_val:
                 best = max(hist, key=lambda h: h["val_acc"])
                 print(f"  hybrid val acc by epoch {[round(h['val_acc'], 3) for h in hist]}, "

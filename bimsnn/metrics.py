@@ -3,7 +3,7 @@
 Symbols: N samples (windows), K classes (or labels), G groups (segments), T time steps,
 B batch, V output classes (vocabulary + CTC blank). Pure functions of arrays.
 
-Score conventions (what :func:`bimsnn.train.evaluate` returns):
+Score conventions (what :func:`bimsnn.training.evaluate` returns):
     binary      scores (N,) = P(positive),  labels (N,) in {0, 1}
     multiclass  scores (N, K) softmax,     labels (N,) int class ids
     multilabel  scores (N, K) sigmoid,     labels (N, K) multi-hot

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bimsnn._ckpt import atomic_write_bytes
+from bimsnn.training.checkpoint import atomic_write_bytes
 
 NAN = float("nan")
 

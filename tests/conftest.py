@@ -15,7 +15,7 @@ def shared_data():
 @pytest.fixture(scope="session")
 def recipe():
     """``recipe("seizure_detection")``: a recipe script loaded as a module, by file path (no
-    ``sys.path`` edits), once per session."""
+    import-path edits), once per session."""
     import importlib.util
     import sys
 

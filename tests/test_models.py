@@ -327,9 +327,3 @@ def test_hidden_spikes():
     with torch.no_grad():
         spk = net.layers[0]["lif"].multi_step(net.layers[0]["fc"](x[:, None]))[0][:, 0]
     assert torch.equal(s[:, :8], spk)
-
-
-def test_old_import_path_is_the_same_class():
-    from bimsnn.baselines import CNN1d, LSTMClassifier
-
-    assert CNN1d is models.CNN1d and LSTMClassifier is models.LSTMClassifier

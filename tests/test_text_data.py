@@ -1,5 +1,5 @@
-"""bimsnn.data.text: vocabulary, tokenizer, WikiText layout, LM windows (moved from
-bimsnn.text, which re-exports them). Symbols: S tokens, T window length, B batch."""
+"""bimsnn.data.text: vocabulary, tokenizer, WikiText layout, LM windows.
+Symbols: S tokens, T window length, B batch."""
 
 from __future__ import annotations
 
@@ -14,13 +14,6 @@ from bimsnn.data import DataError
 
 def test_doctests():
     assert doctest.testmod(text).failed == 0
-
-
-def test_old_import_path_re_exports_the_same_objects():
-    import bimsnn.text as old
-
-    for name in text.__all__:
-        assert getattr(old, name) is getattr(text, name), name
 
 
 def test_vocab_counts_order_limits_and_state_dict():

@@ -44,7 +44,7 @@ class WindowSet(Dataset):
         labels: N labels (ints, floats or multi-hot rows), stored as a tensor.
         metas: N dicts, or None (every item's meta is then None).
 
-    :func:`bimsnn.train.collate` turns uint8 batches into float. Encoding once (see
+    :func:`bimsnn.training.collate` turns uint8 batches into float. Encoding once (see
     :func:`materialize`), instead of in every ``__getitem__`` of every epoch, is what keeps
     epochs cheap. For a subset without copying, wrap it in ``torch.utils.data.Subset``.
     """

@@ -3,7 +3,7 @@
 Symbols: T time, B batch, C input channels, H hidden width, K classes (or labels).
 
 Both take ``x (T, B, C)`` (spikes or raw signal) and return logits ``(B, K)``. They have
-no ``step``/``init_state``, so :func:`bimsnn.train.fit` trains them with ``rule="bptt"``
+no ``step``/``init_state``, so :func:`bimsnn.training.fit` trains them with ``rule="bptt"``
 only (it raises a ``TypeError`` for an online rule). Registered as "cnn" and "lstm".
 """
 

@@ -4,7 +4,7 @@ Symbols: T window length, B batch, V vocabulary size, E embedding width, D model
 H LSTM hidden width.
 
 Both map ids (T, B) to per-step next-token logits (T, B, V) through ``forward_seq``
-(:func:`bimsnn.text.fit_seq` trains them). Registered as "spiking_mamba_lm" and "lstm_lm".
+(:func:`bimsnn.training.fit` with ``per_step=True`` trains them). Registered as "spiking_mamba_lm" and "lstm_lm".
 """
 
 from __future__ import annotations

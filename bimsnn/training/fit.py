@@ -222,7 +222,7 @@ def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset | None = None,
 
 def _classification_validator(val_ds: Dataset, cfg: TrainConfig, loss_fn, collate_fn):
     """``model -> {loss, <task metrics>}`` on ``val_ds`` (numbers only)."""
-    from bimsnn._report import compute_metrics
+    from bimsnn.metrics import classification_metrics as compute_metrics
 
     def validate(m: nn.Module) -> dict:
         res = evaluate(m, val_ds, cfg, loss_fn=loss_fn, collate_fn=collate_fn)

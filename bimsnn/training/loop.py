@@ -39,7 +39,7 @@ from bimsnn.training.checkpoint import (
     write_json,
 )
 
-log = logging.getLogger("bimsnn.train")
+log = logging.getLogger("bimsnn.training")
 
 
 def data_errors(batches: Iterator) -> Iterator:
@@ -222,7 +222,7 @@ def run_epochs(model: nn.Module, train_ds: Dataset, cfg, *,
     if cfg.restore_best and best[0] is not None:
         model.load_state_dict(best[0])
     if cfg.plots and out is not None and info.is_main and history:
-        from bimsnn._report import plot_curves
+        from bimsnn.plots import plot_curves
 
         plot_curves(history, out / "curves.png", monitor if validate is not None else None)
     return history
