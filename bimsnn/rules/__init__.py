@@ -10,11 +10,12 @@ Symbols (all modules): T time, B batch, N Linear in_features, H Leaky width, λ 
 """
 
 from bimsnn.rules.base import Handler, LayerTap, Rule, find_pairs
+from bimsnn.rules.chunked import ChunkedHybrid, ChunkedRTRL, ChunkedSTDP
 from bimsnn.rules.hybrid import Hybrid
 from bimsnn.rules.pruning import AdaptivePruning
 from bimsnn.rules.rtrl import RTRL, TraceInject, trace_inject_ref
 from bimsnn.rules.stdp import STDP
 from bimsnn.rules.traces import Trace, decay_from_tau
 
-__all__ = ["AdaptivePruning", "Handler", "Hybrid", "LayerTap", "RTRL", "Rule", "STDP",
+__all__ = ["AdaptivePruning", "ChunkedHybrid", "ChunkedRTRL", "ChunkedSTDP", "Handler", "Hybrid", "LayerTap", "RTRL", "Rule", "STDP",
            "Trace", "TraceInject", "decay_from_tau", "find_pairs", "trace_inject_ref"]
