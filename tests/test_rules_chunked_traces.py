@@ -77,18 +77,40 @@ def _ssm_inputs(seed, K=7, Bn=2, E=5, Ns=3, R=2):
         return torch.randn(*s, generator=g, dtype=F64)
     u, delta = r(K, Bn, E), torch.rand(K, Bn, E, generator=g, dtype=F64) * 0.8
     A = -torch.rand(E, Ns, generator=g, dtype=F64) * 2 - 0.1
-    e = {"e_A": r(Bn, E, Ns), "e_b": r(Bn, E, Ns), "PR": r(Bn, E, Ns, E + R),
-         "WB": r(Bn, E, Ns, E)}
-    return e, u, delta, A, r(K, Bn, Ns), r(K, Bn, R), r(K, Bn, E, Ns)
+    e = {"e_A": r(Bn, Ns, E), "PR": r(Bn, E + R + 1, Ns, E),
+         "WB": r(Bn, E, Ns, E)}                          # layouts of scan_traces.ssm_advance
+    return e, u, delta, A, r(K, Bn, Ns), r(K, Bn, R), r(Bn, E, Ns)
 
 
 @pytest.mark.parametrize("with_e0", [False, True])
-def test_ssm_advance_equals_ref(with_e0):
+@pytest.mark.parametrize("block", [None, 1, 3, 7])
+def test_ssm_advance_equals_ref(with_e0, block):
     e, *args = _ssm_inputs(2)
     e = e if with_e0 else None
-    fast, ref = st.ssm_advance(e, *args), st.ssm_advance_ref(e, *args)
+    e_copy = None if e is None else {k: v.clone() for k, v in e.items()}
+    ws = {}                                             # scratch reused across calls
+    st.ssm_advance(e, *args, block=block, ws=ws)
+    fast, ref = st.ssm_advance(e, *args, block=block, ws=ws), st.ssm_advance_ref(e, *args)
     for k in ref:
         assert _rel(fast[k], ref[k]) <= 1e-12, k
+    if e is not None:                                   # inputs untouched (out of place)
+        assert all(torch.equal(e[k], e_copy[k]) for k in e)
+        fast = st.ssm_advance(e, *args, block=block, inplace=True)
+        for k in ref:                                   # in place: same values, e's storage
+            assert _rel(fast[k], ref[k]) <= 1e-12 and fast[k].data_ptr() == e[k].data_ptr()
+
+
+def test_ssm_inputs_match_discretize():
+    from bimsnn.ssm.mamba import SelectiveSSM
+    torch.manual_seed(0)
+    ssm = SelectiveSSM(6, 4, 2).double()
+    u = torch.randn(5, 3, 6, dtype=F64)
+    with torch.no_grad():
+        delta, A, Bm, r, sig = st.ssm_inputs(ssm, u)
+        d2, A2, B2, _ = ssm.discretize(u)
+    for a, b in ((delta, d2), (A, A2), (Bm, B2)):
+        assert torch.allclose(a, b, rtol=1e-12, atol=1e-14)
+    assert torch.allclose(sig, -torch.expm1(-delta), rtol=1e-12)
 
 
 def test_ssm_contract_equals_tangent_autograd():
@@ -145,6 +167,11 @@ def test_exp_filter_and_stdp_chunk_equal_refs():
         for a, b in zip(st.stdp_chunk(x, s, x0, y0, 0.8, 0.9),
                         st.stdp_chunk_ref(x, s, x0, y0, 0.8, 0.9)):
             assert _rel(a, b) <= 1e-12
+    for K in (5, 150):
+        d = torch.rand(K, 2, 3, generator=g, dtype=F64)
+        S, tot = st.suffix_sums(d)
+        assert torch.allclose(S, d.flip(0).cumsum(0).flip(0) - d, rtol=1e-13, atol=1e-13)
+        assert torch.allclose(tot, d.sum(0), rtol=1e-13)
     a = torch.rand(6, 2, 3, generator=g, dtype=F64)
     a[2, 0, 1] = 0.0                                                # a "zero" reset
     w, tot = st.suffix_products(a)

@@ -20,8 +20,9 @@ A sequence is processed in chunks of K steps with the model's fused multi-step p
   x_proj's Δ and B rows). At a chunk's start each layer's incoming state s_0 is detached and
   injected (:class:`~bimsnn.rules.chunked_layers.ChunkInject`), so the chunk's backward adds
   g_0·e_0 (eq. 8); then e_0 → e_K in closed form, e_K = (Π a_t) e_0 + Σ_t (Π_{s>t} a_s) imm_t
-  (:mod:`bimsnn.rules.scan_traces`): a handful of batched matmuls per chunk, no per-step
-  Python loop besides the no-grad state recompute of the SSM (the scan kernel's own loop).
+  (:mod:`bimsnn.rules.scan_traces`): a handful of batched matmuls and elementwise passes
+  per chunk; the only loops are over cache-sized sub-blocks (and ≤ 16 in-place adds of a
+  prefix sum inside each), not a per-step recursion with its own graph.
 * Memory is O(K): traces have fixed size (B·N per pair for a scalar leak, B·E·Ns·(2E+R+2)
   per SSM), and each chunk's graph is freed by its backward.
 

@@ -280,9 +280,12 @@ class SSMChunkRTRL:
     """Exact RTRL traces of one SelectiveSSM, advanced per chunk (a Handler).
 
     Wraps ``ssm.forward(u (K, B, E), h0 (B, E, Ns) | None)``: h0 is detached and injected
-    (A_log, dt_proj, x_proj get g_0·e_0), the original parallel scan runs, then the traces
-    of :func:`scan_traces.ssm_advance` move to the chunk's end. ``h0=None`` starts a fresh
-    sequence (zero traces). Calls under ``no_grad`` or in eval mode pass through (detached).
+    (A_log, dt_proj, x_proj get g_0·e_0), then the original parallel scan runs. The traces
+    move to the chunk's end with :func:`scan_traces.ssm_advance` in ``after_backward``, in
+    place (that chunk's backward, the only reader of e_0, is done); if the next chunk starts
+    first (no ``rule.backward`` in between), out of place, since the earlier graph may still
+    be backwarded. ``h0=None`` starts a fresh sequence (zero traces). Calls under
+    ``no_grad`` or in eval mode pass through (h0 detached).
     """
 
     def __init__(self, ssm: nn.Module):
@@ -294,6 +297,8 @@ class SSMChunkRTRL:
         self.Ns = ssm.A_log.shape[1]
         self.R = ssm.x_proj.out_features - 2 * self.Ns
         self.traces: dict | None = None
+        self._pending: tuple | None = None       # (u, h0) of a chunk not yet advanced over
+        self._ws: dict = {}                      # scratch buffers of ssm_advance
         self._orig = ssm.forward
 
         def forward(u: Tensor, h0: Tensor | None = None):
@@ -313,6 +318,7 @@ class SSMChunkRTRL:
         ssm = self.ssm
         if not (ssm.training and torch.is_grad_enabled()):
             return self._orig(u, None if h0 is None else h0.detach())
+        self._advance(inplace=False)
         K, B, E = u.shape
         h0d = u.new_zeros(B, E, self.Ns) if h0 is None else h0.detach()
         if h0 is None:
@@ -328,20 +334,30 @@ class SSMChunkRTRL:
                 return st.ssm_contract(g, e, W_dt, R, need)
             h_in = ChunkInject.apply(h0d, contract, *self.params)
         y, hK = self._orig(u, h_in)
-        with torch.no_grad():
-            ud = u.detach()
-            self.traces = st.ssm_advance(self.traces, ud, *st.ssm_inputs(ssm, ud, h0d))
+        self._pending = (u.detach(), h0d)
         return y, hK
 
+    @torch.no_grad()
+    def _advance(self, inplace: bool) -> None:
+        """e_0 → e_K over the pending chunk (see the class docstring)."""
+        if self._pending is None:
+            return
+        u, h0 = self._pending
+        self._pending = None
+        delta, A, Bm, r, sig = st.ssm_inputs(self.ssm, u)
+        self.traces = st.ssm_advance(self.traces, u, delta, A, Bm, r, h0, sig,
+                                     inplace=inplace, ws=self._ws)
+
     def reset(self, batch_size: int) -> None:
-        self.traces = None
+        self.traces = self._pending = None
 
     def after_backward(self) -> None:
-        pass
+        self._advance(inplace=True)
 
     def remove(self) -> None:
         self._restore()
-        self.traces = None
+        self.traces = self._pending = None
+        self._ws = {}
 
 
 class StateDetacher:
