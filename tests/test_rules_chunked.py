@@ -241,6 +241,20 @@ def test_chunkT_equals_bptt(name):
     _assert_close(got, want, 1e-10)
 
 
+def test_without_x_proj_traces_only_x_proj_changes():
+    """x_proj_traces=False drops only x_proj's boundary term: every other gradient is the
+    same; x_proj's differs (the test can fail)."""
+    x, tgt = _data(_mamba_net())
+    grads = []
+    for flag in (True, False):
+        net = _mamba_net()
+        with ChunkedRTRL(net, chunk=4, x_proj_traces=flag) as rule:
+            grads.append(_chunked(net, rule, x, _loss_fn(tgt)))
+    for k in grads[0]:
+        err = _rel(grads[1][k], grads[0][k])
+        assert (err > 1e-3) if k.endswith("ssm.x_proj.weight") else (err <= 1e-12), (k, err)
+
+
 # ------------------------------------------------- intermediate K vs the direct objective
 def _reexpress(value, f):
     return value.detach() + f - f.detach()

@@ -84,20 +84,30 @@ def _ssm_inputs(seed, K=7, Bn=2, E=5, Ns=3, R=2):
 
 @pytest.mark.parametrize("with_e0", [False, True])
 @pytest.mark.parametrize("block", [None, 1, 3, 7])
-def test_ssm_advance_equals_ref(with_e0, block):
+@pytest.mark.parametrize("proj", [True, False])
+def test_ssm_advance_equals_ref(with_e0, block, proj):
     e, *args = _ssm_inputs(2)
+    if not proj:                                        # only the [r | 1] rows, no WB
+        e = {"e_A": e["e_A"], "PR": e["PR"][:, -3:].contiguous()}
     e = e if with_e0 else None
     e_copy = None if e is None else {k: v.clone() for k, v in e.items()}
     ws = {}                                             # scratch reused across calls
-    st.ssm_advance(e, *args, block=block, ws=ws)
-    fast, ref = st.ssm_advance(e, *args, block=block, ws=ws), st.ssm_advance_ref(e, *args)
+    st.ssm_advance(e, *args, block=block, ws=ws, proj=proj)
+    fast = st.ssm_advance(e, *args, block=block, ws=ws, proj=proj)
+    ref = st.ssm_advance_ref(e, *args, proj=proj)
+    assert set(fast) == set(ref) == ({"e_A", "PR", "WB"} if proj else {"e_A", "PR"})
     for k in ref:
         assert _rel(fast[k], ref[k]) <= 1e-12, k
     if e is not None:                                   # inputs untouched (out of place)
         assert all(torch.equal(e[k], e_copy[k]) for k in e)
-        fast = st.ssm_advance(e, *args, block=block, inplace=True)
+        fast = st.ssm_advance(e, *args, block=block, inplace=True, proj=proj)
         for k in ref:                                   # in place: same values, e's storage
             assert _rel(fast[k], ref[k]) <= 1e-12 and fast[k].data_ptr() == e[k].data_ptr()
+    if proj and e is not None:                          # proj=False: the same shared rows
+        small = st.ssm_advance({"e_A": e_copy["e_A"], "PR": e_copy["PR"][:, -3:]}, *args,
+                               proj=False)
+        assert _rel(small["PR"], ref["PR"][:, -3:]) <= 1e-12
+        assert _rel(small["e_A"], ref["e_A"]) <= 1e-12
 
 
 def test_ssm_inputs_match_discretize():
@@ -127,6 +137,12 @@ def test_ssm_contract_equals_tangent_autograd():
     for a, b in zip(got, want):
         assert a.shape == b.shape and _rel(a, b) <= 1e-12
     assert got[3][R + Ns:].abs().max() == 0                      # W_C: no trace
+    small = {"e_A": e["e_A"], "PR": e["PR"][:, -3:]}             # proj=False layout
+    want = torch.autograd.grad((st.ssm_tangent(small, W_dt, R, *params) * g).sum(), params[:3])
+    got = st.ssm_contract(g, small, W_dt, R, (True,) * 4)
+    assert got[3] is None
+    for a, b in zip(got[:3], want):
+        assert _rel(a, b) <= 1e-12
 
 
 def test_chunk_inject_matches_ref_and_gradcheck():

@@ -76,6 +76,10 @@ class ChunkedRule(Rule):
             (SpikingMambaNet, or any net of bimsnn.Leaky driven by ``multi_step``).
         chunk: K ≥ 1, the number of steps per chunk (used by :meth:`run`).
         layers, check: pairing override and structural check (see :mod:`bimsnn.rules.base`).
+        x_proj_traces (RTRL, Hybrid): keep the exact SSM traces of x_proj's Δ and B rows,
+            B·Ns·E·(2E + R + 1) numbers per SSM and O(B·Ns·E²) work per step, the dominant
+            cost for wide SSMs. False: those rows get within-chunk credit only (the other
+            SSM traces, e_A, e_b, e_Wdt, stay exact).
     """
 
     def __init__(self, model: nn.Module, chunk: int, layers: Sequence[Pair] | None = None,
@@ -122,8 +126,9 @@ class ChunkedRule(Rule):
             elif callable(getattr(m, "init_state", None)):
                 self.detachers.append(StateDetacher(m, "forward"))
 
-    def _ssm_handlers(self) -> list[SSMChunkRTRL]:
-        return [SSMChunkRTRL(m) for m in self.model.modules() if is_selective_ssm(m)]
+    def _ssm_handlers(self, x_proj_traces: bool = True) -> list[SSMChunkRTRL]:
+        return [SSMChunkRTRL(m, x_proj_traces) for m in self.model.modules()
+                if is_selective_ssm(m)]
 
     def trace_numel(self) -> int:
         """Elements held in eligibility traces (independent of T: memory is O(K))."""
@@ -184,12 +189,12 @@ class ChunkedRTRL(ChunkedRule):
     """
 
     def __init__(self, model: nn.Module, chunk: int, layers: Sequence[Pair] | None = None,
-                 check: bool = True):
+                 check: bool = True, x_proj_traces: bool = True):
         super().__init__(model, chunk)
         try:
             taps = self._attach(layers, check)
             self.layer_handlers = [LeakyChunkRTRL(t) for t in taps if t.fc is not None]
-            self.ssm_handlers = self._ssm_handlers()
+            self.ssm_handlers = self._ssm_handlers(x_proj_traces)
         except Exception:
             self.remove()
             raise
@@ -270,7 +275,8 @@ class ChunkedHybrid(ChunkedRule):
     def __init__(self, model: nn.Module, chunk: int,
                  lam: float | Sequence[float] | Mapping = 0.5, stdp: STDP | None = None,
                  grad: str = "rtrl", balance: bool = False,
-                 layers: Sequence[Pair] | None = None, check: bool = True):
+                 layers: Sequence[Pair] | None = None, check: bool = True,
+                 x_proj_traces: bool = True):
         super().__init__(model, chunk)
         if grad not in ("rtrl", "autograd"):
             raise ValueError(f"grad must be 'rtrl' or 'autograd', got {grad!r}")
@@ -280,7 +286,7 @@ class ChunkedHybrid(ChunkedRule):
             self.grad_handlers: list = []
             if grad == "rtrl":
                 self.grad_handlers = [LeakyChunkRTRL(t) for t in taps if t.fc is not None]
-                self.grad_handlers += self._ssm_handlers()
+                self.grad_handlers += self._ssm_handlers(x_proj_traces)
             self.stdp_layers = [ChunkSTDPLayer(t, self.stdp) for t in taps if t.fc is not None]
             self._set_lam(lam)
             self.balance = bool(balance)

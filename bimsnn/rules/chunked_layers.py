@@ -285,15 +285,16 @@ class SSMChunkRTRL:
     place (that chunk's backward, the only reader of e_0, is done); if the next chunk starts
     first (no ``rule.backward`` in between), out of place, since the earlier graph may still
     be backwarded. ``h0=None`` starts a fresh sequence (zero traces). Calls under
-    ``no_grad`` or in eval mode pass through (h0 detached).
+    ``no_grad`` or in eval mode pass through (h0 detached). ``x_proj_traces=False`` drops
+    the O(B·Ns·E²) traces of x_proj's Δ and B rows (see ``scan_traces.ssm_advance``).
     """
 
-    def __init__(self, ssm: nn.Module):
+    def __init__(self, ssm: nn.Module, x_proj_traces: bool = True):
         if getattr(ssm.__dict__.get("forward"), "_chunk_ssm", None) is not None:
             raise RuntimeError("this SSM already has a chunked rule attached")
         if ssm.x_proj.bias is not None:
             raise NotImplementedError("x_proj with a bias is not supported")
-        self.ssm = ssm
+        self.ssm, self.proj = ssm, bool(x_proj_traces)
         self.Ns = ssm.A_log.shape[1]
         self.R = ssm.x_proj.out_features - 2 * self.Ns
         self.traces: dict | None = None
@@ -346,7 +347,7 @@ class SSMChunkRTRL:
         self._pending = None
         delta, A, Bm, r, sig = st.ssm_inputs(self.ssm, u)
         self.traces = st.ssm_advance(self.traces, u, delta, A, Bm, r, h0, sig,
-                                     inplace=inplace, ws=self._ws)
+                                     inplace=inplace, ws=self._ws, proj=self.proj)
 
     def reset(self, batch_size: int) -> None:
         self.traces = self._pending = None

@@ -32,7 +32,7 @@ from torch.nn import functional as F
 
 SUBTRACT, ZERO, NONE = 0, 1, 2          # snnTorch's reset_mechanism_val
 _BLOCK = 64                             # Toeplitz block of exp_filter (K² work per block)
-_SLAB = 1 << 16                         # elements per (k, B, E, Ns) buffer of ssm_advance
+_SLAB = 1 << 17                         # elements per (k, B, E, Ns) buffer of ssm_advance
 _GEMM_K = 64                            # steps per batched matmul of ssm_advance
 
 
@@ -271,7 +271,7 @@ def suffix_sums(x: Tensor, ws: dict | None = None) -> tuple[Tensor, Tensor]:
 
 def ssm_advance(e: dict | None, u: Tensor, delta: Tensor, A: Tensor, Bm: Tensor, r: Tensor,
                 h0: Tensor, sig: Tensor | None = None, block: int | None = None,
-                inplace: bool = False, ws: dict | None = None) -> dict:
+                inplace: bool = False, ws: dict | None = None, proj: bool = True) -> dict:
     """Advance SelectiveSSM RTRL traces over one chunk (eq. 7 in closed form).
 
     Per step (rules/ssm_rtrl.py), Ā_t = exp(Δ_t A), σ_t = 1 − exp(−Δ_t) = sigmoid(z_t),
@@ -299,11 +299,15 @@ def ssm_advance(e: dict | None, u: Tensor, delta: Tensor, A: Tensor, Bm: Tensor,
         inplace: update ``e``'s tensors in place (only once no pending backward reads them).
         ws: a dict kept by the caller across chunks, holding the scratch buffers (fresh
             large buffers cost page faults on first touch).
+        proj: keep the x_proj traces (P rows of PR, and WB). False drops them: PR holds only
+            [r | 1] rows (e_Wdt, e_b) and there is no WB, so x_proj's Δ and B rows get
+            credit within a chunk only. Those traces are the O(B·Ns·E²) part of the cost.
     Returns:
-        dict {"e_A", "PR", "WB"} in the layouts above (``e``'s tensors if inplace).
+        dict {"e_A", "PR", "WB"} in the layouts above (``e``'s tensors if inplace; no "WB"
+        when not ``proj``).
     """
     K, B, E = u.shape
-    Ns, NE, J = A.shape[1], E * A.shape[1], E + r.shape[-1] + 1
+    Ns, NE, J = A.shape[1], E * A.shape[1], (E if proj else 0) + r.shape[-1] + 1
     dt = u.dtype
     ks = block or _ssm_block(K, B, E, Ns)
     kz = max(ks, min(K, _GEMM_K // ks * ks))             # steps per matmul flush
@@ -315,20 +319,26 @@ def ssm_advance(e: dict | None, u: Tensor, delta: Tensor, A: Tensor, Bm: Tensor,
     At = A.t().contiguous()                                               # (Ns, E)
     du = torch.mul(delta, u, out=buf("du", K, B, E))[:, :, None, :]       # (K, B, 1, E)
     ones = u.new_ones(K, B, 1)
-    urt = torch.cat([u, r, ones], -1, out=buf("ur", K, B, J)).permute(1, 2, 0)  # (B, J, K)
+    rows = [u, r, ones] if proj else [r, ones]
+    urt = torch.cat(rows, -1, out=buf("ur", K, B, J)).permute(1, 2, 0)   # (B, J, K)
     Sx, CK = suffix_sums(delta, ws)                                       # Σ_{s>t} Δ_s
     Sx = Sx[:, :, None, :]
     tot = torch.exp(CK[:, None, :] * At)                                  # Π Ā, (B, Ns, E)
     w, m, g = (buf(n, ks, B, Ns, E) for n in ("w", "m", "g"))
-    zq, zb = buf("zq", B, kz, NE), buf("zb", B, kz, NE)                   # matmul operands
+    zq = buf("zq", B, kz, NE)                                             # matmul operands
+    zb = buf("zb", B, kz, NE) if proj else None
     iA = u.new_zeros(B, Ns, E)
     t1 = tot.view(B, 1, NE)
+    PR = WB = None
     if e is None:
-        PR, WB = u.new_zeros(B, J, NE), u.new_zeros(B, E, NE)
+        PR = u.new_zeros(B, J, NE)
+        WB = u.new_zeros(B, E, NE) if proj else None
     elif inplace:
-        PR, WB = e["PR"].view(B, J, NE).mul_(t1), e["WB"].view(B, E, NE).mul_(t1)
+        PR = e["PR"].view(B, J, NE).mul_(t1)
+        WB = e["WB"].view(B, E, NE).mul_(t1) if proj else None
     else:
-        PR, WB = e["PR"].view(B, J, NE) * t1, e["WB"].view(B, E, NE) * t1
+        PR = e["PR"].view(B, J, NE) * t1
+        WB = e["WB"].view(B, E, NE) * t1 if proj else None
     carry = tot * h0.to(dt).transpose(1, 2)                               # g_1 = (Π Ā) h_0
     z0 = 0                                                # first step held in zq / zb
     for t0 in range(0, K, ks):
@@ -336,36 +346,44 @@ def ssm_advance(e: dict | None, u: Tensor, delta: Tensor, A: Tensor, Bm: Tensor,
         sl, zs = slice(t0, t0 + k), slice(t0 - z0, t0 - z0 + k)
         Bk = Bm[sl][..., None]                                            # (k, B, Ns, 1)
         wk = torch.mul(Sx[sl], At, out=w[:k]).exp_()                      # w_t
-        zbk = zb[:, zs].transpose(0, 1).view(k, B, Ns, E)
-        torch.mul(wk, du[sl], out=zbk)                                    # w_t Δ_t u_t
-        mk = torch.mul(zbk, Bk, out=m[:k])                                # m_t = w_t x_t
+        if proj:                                                          # w_t Δ_t u_t
+            torch.mul(wk, du[sl], out=zb[:, zs].transpose(0, 1).view(k, B, Ns, E))
+        vk = wk.mul_(Bk)                                                  # v_t = w_t ⊙ B_t
+        mk = torch.mul(vk, du[sl], out=m[:k])                             # m_t = w_t x_t
         gk = g[:k]
         gk[0].copy_(carry)                                                # g_t, prefix sum
         for t in range(1, k):                                             # (k ≤ 16 adds)
             torch.add(gk[t - 1], mk[t - 1], out=gk[t])
         carry = gk[k - 1] + mk[k - 1]
         iA.add_(torch.mul(gk, delta[sl][:, :, None, :], out=m[:k]).sum(0))  # Σ Δ g (× A later)
-        q = wk.mul_(u[sl][:, :, None, :]).mul_(Bk).addcmul_(gk, At)       # w_t q_t / σ_t
+        q = vk.mul_(u[sl][:, :, None, :]).addcmul_(gk, At)                # w_t q_t / σ_t
         torch.mul(q, sig[sl][:, :, None, :], out=zq[:, zs].transpose(0, 1).view(k, B, Ns, E))
         if t0 + k - z0 == kz or t0 + k == K:                              # flush the operands
             n = t0 + k - z0
             PR.baddbmm_(urt[..., z0:z0 + n], zq[:, :n])
-            WB.baddbmm_(urt[:, :E, z0:z0 + n], zb[:, :n])
+            if proj:
+                WB.baddbmm_(urt[:, :E, z0:z0 + n], zb[:, :n])
             z0 = t0 + k
     iA.mul_(At)
     if e is not None:
         iA = e["e_A"].mul_(tot).add_(iA) if inplace else iA.addcmul_(tot, e["e_A"])
-    return {"e_A": iA, "PR": PR.view(B, J, Ns, E), "WB": WB.view(B, E, Ns, E)}
+    out = {"e_A": iA, "PR": PR.view(B, J, Ns, E)}
+    if proj:
+        out["WB"] = WB.view(B, E, Ns, E)
+    return out
 
 
-def ssm_advance_ref(e, u, delta, A, Bm, r, h0, sig=None, block=None, inplace=False, ws=None):
+def ssm_advance_ref(e, u, delta, A, Bm, r, h0, sig=None, block=None, inplace=False, ws=None,
+                    proj=True):
     """Reference twin of :func:`ssm_advance`: the per-step updates of rules/ssm_rtrl.py in
     their natural [b, e, n, j] order, with the state recursion h_t = Ā_t h_{t-1} + x_t."""
     K, B, E = u.shape
     Ns, R = A.shape[1], r.shape[-1]
     if e is None:
         z = u.new_zeros
-        e = {"e_A": z(B, E, Ns), "PR": z(B, E, Ns, E + R + 1), "WB": z(B, E, Ns, E)}
+        e = {"e_A": z(B, E, Ns), "PR": z(B, E, Ns, (E if proj else 0) + R + 1)}
+        if proj:
+            e["WB"] = z(B, E, Ns, E)
     else:                                                     # [b, j, n, e] → [b, e, n, j]
         e = {k: v.transpose(1, 2) if v.dim() == 3 else v.permute(0, 3, 2, 1)
              for k, v in e.items()}
@@ -374,11 +392,13 @@ def ssm_advance_ref(e, u, delta, A, Bm, r, h0, sig=None, block=None, inplace=Fal
         a = torch.exp(delta[t][..., None] * A)                            # (B, E, Ns)
         AdAh = A * a * h
         q = (AdAh + u[t][..., None] * Bm[t][:, None, :]) * (-torch.expm1(-delta[t]))[..., None]
-        ur1 = torch.cat([u[t], r[t], torch.ones_like(u[t][:, :1])], -1)   # (B, E + R + 1)
+        ur1 = torch.cat([u[t], r[t], torch.ones_like(u[t][:, :1])] if proj
+                        else [r[t], torch.ones_like(u[t][:, :1])], -1)    # (B, J)
         du = delta[t] * u[t]                                              # (B, E)
         e["e_A"] = a * e["e_A"] + delta[t][..., None] * AdAh
         e["PR"] = a[..., None] * e["PR"] + q[..., None] * ur1[:, None, None, :]
-        e["WB"] = a[..., None] * e["WB"] + du[:, :, None, None] * u[t][:, None, None, :]
+        if proj:
+            e["WB"] = a[..., None] * e["WB"] + du[:, :, None, None] * u[t][:, None, None, :]
         h = a * h + du[..., None] * Bm[t][:, None, :]
     return {k: (v.transpose(1, 2) if v.dim() == 3 else v.permute(0, 3, 2, 1)).contiguous()
             for k, v in e.items()}
@@ -411,9 +431,9 @@ def ssm_contract(g: Tensor, e: dict, W_dt: Tensor, R: int, need: tuple) -> tuple
         gc = gt.contiguous().view(B, 1, -1)                               # (B, 1, Ns·E)
         # Σ_b Σ_n g ⊙ trace as one product and two sums (measured 3× faster than einsum).
         M = (e["PR"].view(B, J, -1) * gc).sum(0).view(J, Ns, E).sum(1).t()    # (E, J)
-        gWdt = M[:, E:J - 1] if need[1] else None                         # (E, R)
+        gWdt = M[:, J - 1 - R:J - 1] if need[1] else None                 # (E, R)
         gb = M[:, J - 1] if need[2] else None                             # (E,)
-        if need[3]:
+        if need[3] and "WB" in e:                      # else: no x_proj traces (proj=False)
             gB = (e["WB"].view(B, E, -1) * gc).sum(0).view(E, Ns, E).sum(-1).t()   # (Ns, E)
             gx = torch.cat([W_dt.t() @ M[:, :E], gB, torch.zeros_like(gB)], 0)
     return gA, gWdt, gb, gx
@@ -422,10 +442,12 @@ def ssm_contract(g: Tensor, e: dict, W_dt: Tensor, R: int, need: tuple) -> tuple
 def ssm_tangent(e: dict, W_dt: Tensor, R: int, dA_log, dW_dt, db, dW_x) -> Tensor:
     """Σ_θ e_θ·dθ (B, E, Ns); autograd of it is the reference for :func:`ssm_contract`."""
     Ns, E = e["e_A"].shape[1:]
-    P, eWdt, e_b = e["PR"][:, :E], e["PR"][:, E:E + R], e["PR"][:, E + R]
+    J = e["PR"].shape[1]
+    eWdt, e_b = e["PR"][:, J - 1 - R:J - 1], e["PR"][:, J - 1]
     out = e["e_A"] * dA_log.t() + torch.einsum("brne,er->bne", eWdt, dW_dt)
     if db is not None:
         out = out + e_b * db
-    out = out + torch.einsum("bjne,er,rj->bne", P, W_dt, dW_x[:R])
-    out = out + torch.einsum("bjne,nj->bne", e["WB"], dW_x[R:R + Ns])
+    if "WB" in e:
+        out = out + torch.einsum("bjne,er,rj->bne", e["PR"][:, :E], W_dt, dW_x[:R])
+        out = out + torch.einsum("bjne,nj->bne", e["WB"], dW_x[R:R + Ns])
     return out.transpose(1, 2)
