@@ -65,7 +65,11 @@ from bimsnn.rules.chunked_layers import (
 from bimsnn.rules.ssm_rtrl import is_selective_ssm
 from bimsnn.rules.stdp import STDP
 
-__all__ = ["ChunkedRule", "ChunkedRTRL", "ChunkedSTDP", "ChunkedHybrid", "detach_tree"]
+__all__ = ["DEFAULT_CHUNK", "ChunkedRule", "ChunkedRTRL", "ChunkedSTDP", "ChunkedHybrid",
+           "detach_tree"]
+
+# Default chunk length K (for recipes / RTRL(model, chunk=...)): see benchmarks/online_chunked.py.
+DEFAULT_CHUNK = 64
 
 
 class ChunkedRule(Rule):

@@ -26,12 +26,15 @@ autograd is the reference for the contraction.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor
 from torch.nn import functional as F
 
 SUBTRACT, ZERO, NONE = 0, 1, 2          # snnTorch's reset_mechanism_val
-_BLOCK = 64                             # Toeplitz block of exp_filter (K² work per block)
+_BLOCK = 64                             # block of suffix_sums' triangular matmuls
+_TOEPLITZ = 32                          # block of exp_filter (k·K work: small k is cheaper)
 _SLAB = 1 << 17                         # elements per (k, B, E, Ns) buffer of ssm_advance
 _GEMM_K = 64                            # steps per batched matmul of ssm_advance
 
@@ -50,24 +53,31 @@ def suffix_products(a: Tensor) -> tuple[Tensor, Tensor]:
 def exp_filter(x: Tensor, d: float, x0: Tensor | None = None) -> Tensor:
     """x̄_t = d·x̄_{t-1} + x_t for t = 1..K, x̄_0 = x0 (None: zeros). x (K, ...) → (K, ...).
 
-    Computed in blocks of ≤ 64 steps as a lower-triangular Toeplitz matmul
-    x̄ = M x + d^{t} x̄_0 with M[t, s] = d^{t-s} (s ≤ t).
+    Computed in blocks of ≤ 16 steps as a lower-triangular Toeplitz matmul
+    x̄ = M x + d^{t} x̄_0 with M[t, s] = d^{t-s} (s ≤ t), carrying x̄ between blocks.
     """
     K = x.shape[0]
     flat = x.reshape(K, -1)
     out = torch.empty_like(flat)
     carry = None if x0 is None else x0.reshape(-1).to(x.dtype)
-    for t0 in range(0, K, _BLOCK):
-        k = min(_BLOCK, K - t0)
-        i = torch.arange(k, device=x.device, dtype=x.dtype)
-        lag = i[:, None] - i[None, :]
-        M = torch.where(lag >= 0, d ** lag.clamp_min(0), torch.zeros((), dtype=x.dtype))
-        blk = M @ flat[t0:t0 + k]
+    for t0 in range(0, K, _TOEPLITZ):
+        k = min(_TOEPLITZ, K - t0)
+        M, pw = _toeplitz(k, float(d), x.dtype, x.device)
+        blk = torch.mm(M, flat[t0:t0 + k], out=out[t0:t0 + k])
         if carry is not None:
-            blk += (d ** (i + 1))[:, None] * carry
-        out[t0:t0 + k] = blk
+            blk.addmm_(pw, carry[None])                                   # + d^{t} x̄_0
         carry = blk[-1]
     return out.reshape(x.shape)
+
+
+@functools.lru_cache(maxsize=64)
+def _toeplitz(k: int, d: float, dtype, device) -> tuple[Tensor, Tensor]:
+    """M (k, k) with M[t, s] = d^{t-s} (s ≤ t) and the column d^{t+1} (k, 1) (memoised
+    constants: rebuilding them per call cost more than the matmul)."""
+    i = torch.arange(k, dtype=torch.float64)
+    lag = i[:, None] - i[None, :]
+    M = torch.where(lag >= 0, d ** lag.clamp_min(0), torch.zeros((), dtype=torch.float64))
+    return M.to(dtype=dtype, device=device), (d ** (i + 1))[:, None].to(dtype=dtype, device=device)
 
 
 def exp_filter_ref(x: Tensor, d: float, x0: Tensor | None = None) -> Tensor:
