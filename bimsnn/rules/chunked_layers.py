@@ -300,6 +300,7 @@ class SSMChunkRTRL:
         self.traces: dict | None = None
         self._pending: tuple | None = None       # (u, h0) of a chunk not yet advanced over
         self._ws: dict = {}                      # scratch buffers of ssm_advance
+        self._spare: dict | None = None          # trace storage of the previous sequence
         self._orig = ssm.forward
 
         def forward(u: Tensor, h0: Tensor | None = None):
@@ -332,7 +333,7 @@ class SSMChunkRTRL:
             e, W_dt, R = self.traces, ssm.dt_proj.weight.detach(), self.R
 
             def contract(g: Tensor, need: tuple) -> tuple:
-                return st.ssm_contract(g, e, W_dt, R, need)
+                return st.ssm_contract(g, e, W_dt, R, need, self._ws)
             h_in = ChunkInject.apply(h0d, contract, *self.params)
         y, hK = self._orig(u, h_in)
         self._pending = (u.detach(), h0d)
@@ -345,11 +346,22 @@ class SSMChunkRTRL:
             return
         u, h0 = self._pending
         self._pending = None
+        e = self.traces
+        if e is None and inplace and self._spare is not None:
+            # The last sequence's trace storage, zeroed, instead of fresh (page-faulting)
+            # tensors: its graphs were all backwarded before reset().
+            e = {k: v.zero_() for k, v in self._spare.items()}
+            if e["e_A"].shape != (u.shape[1], self.Ns, u.shape[2]):
+                e = None
+        self._spare = None
         delta, A, Bm, r, sig = st.ssm_inputs(self.ssm, u)
-        self.traces = st.ssm_advance(self.traces, u, delta, A, Bm, r, h0, sig,
-                                     inplace=inplace, ws=self._ws, proj=self.proj)
+        self.traces = st.ssm_advance(e, u, delta, A, Bm, r, h0, sig,
+                                     inplace=inplace and e is not None, ws=self._ws,
+                                     proj=self.proj)
 
     def reset(self, batch_size: int) -> None:
+        if self.traces is not None:
+            self._spare = self.traces
         self.traces = self._pending = None
 
     def after_backward(self) -> None:
@@ -357,7 +369,7 @@ class SSMChunkRTRL:
 
     def remove(self) -> None:
         self._restore()
-        self.traces = self._pending = None
+        self.traces = self._pending = self._spare = None
         self._ws = {}
 
 

@@ -426,11 +426,26 @@ def ssm_inputs(ssm, u: Tensor) -> tuple:
     return F.softplus(z), -torch.exp(ssm.A_log), Bm, r, torch.sigmoid(z)
 
 
-def ssm_contract(g: Tensor, e: dict, W_dt: Tensor, R: int, need: tuple) -> tuple:
+def _batch_dot(T: Tensor, gc: Tensor, ws: dict | None, name: str) -> Tensor:
+    """Σ_b T[b] ⊙ gc[b]: T (B, J, M), gc (B, 1, M) → (J, M), in cache-sized batch blocks
+    through a reused buffer (one (B, J, M) temporary would be as large as the trace)."""
+    B, J, M = T.shape
+    bs = max(1, min(B, _SLAB // (J * M)))
+    buf = _workspace(ws, name, (bs, J, M), T.dtype, T.device)
+    acc = T.new_zeros(J, M)
+    for b0 in range(0, B, bs):
+        n = min(bs, B - b0)
+        acc += torch.mul(T[b0:b0 + n], gc[b0:b0 + n], out=buf[:n]).sum(0)
+    return acc
+
+
+def ssm_contract(g: Tensor, e: dict, W_dt: Tensor, R: int, need: tuple,
+                 ws: dict | None = None) -> tuple:
     """Σ g·e for (A_log, dt_proj.weight, dt_proj.bias, x_proj.weight); g (B, E, Ns) = ∂L/∂h_0.
 
     x_proj rows: [W_Δ (R) | W_B (Ns) | W_C (Ns)]; ∂h/∂W_Δ[r, j] = Σ_e W_dt[e, r] P[.., e, .., j]
     (W_Δ's trace factors through the current W_dt, as in rules/ssm_rtrl.py); W_C gets zero.
+    ``ws``: scratch buffers reused across calls (see :func:`ssm_advance`).
     """
     E = g.shape[1]
     gt = g.transpose(1, 2)                                                # (B, Ns, E)
@@ -439,12 +454,13 @@ def ssm_contract(g: Tensor, e: dict, W_dt: Tensor, R: int, need: tuple) -> tuple
     if need[1] or need[2] or need[3]:
         B, J, Ns = e["PR"].shape[:3]
         gc = gt.contiguous().view(B, 1, -1)                               # (B, 1, Ns·E)
-        # Σ_b Σ_n g ⊙ trace as one product and two sums (measured 3× faster than einsum).
-        M = (e["PR"].view(B, J, -1) * gc).sum(0).view(J, Ns, E).sum(1).t()    # (E, J)
+        M = _batch_dot(e["PR"].view(B, J, -1), gc, ws, "cPR")             # (J, Ns·E)
+        M = M.view(J, Ns, E).sum(1).t()                                   # (E, J)
         gWdt = M[:, J - 1 - R:J - 1] if need[1] else None                 # (E, R)
         gb = M[:, J - 1] if need[2] else None                             # (E,)
         if need[3] and "WB" in e:                      # else: no x_proj traces (proj=False)
-            gB = (e["WB"].view(B, E, -1) * gc).sum(0).view(E, Ns, E).sum(-1).t()   # (Ns, E)
+            gB = _batch_dot(e["WB"].view(B, E, -1), gc, ws, "cWB")        # (E, Ns·E)
+            gB = gB.view(E, Ns, E).sum(-1).t()                            # (Ns, E)
             gx = torch.cat([W_dt.t() @ M[:, :E], gB, torch.zeros_like(gB)], 0)
     return gA, gWdt, gb, gx
 
