@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from bimsnn.rules import chunked_ssm as cs
 from bimsnn.rules import scan_traces as st
 from bimsnn.rules.chunked_layers import ChunkInject, chunk_inject_ref
 
@@ -78,7 +79,7 @@ def _ssm_inputs(seed, K=7, Bn=2, E=5, Ns=3, R=2):
     u, delta = r(K, Bn, E), torch.rand(K, Bn, E, generator=g, dtype=F64) * 0.8
     A = -torch.rand(E, Ns, generator=g, dtype=F64) * 2 - 0.1
     e = {"e_A": r(Bn, Ns, E), "PR": r(Bn, E + R + 1, Ns, E),
-         "WB": r(Bn, E, Ns, E)}                          # layouts of scan_traces.ssm_advance
+         "WB": r(Bn, E, Ns, E)}                          # layouts of chunked_ssm.ssm_advance
     return e, u, delta, A, r(K, Bn, Ns), r(K, Bn, R), r(Bn, E, Ns)
 
 
@@ -92,19 +93,19 @@ def test_ssm_advance_equals_ref(with_e0, block, proj):
     e = e if with_e0 else None
     e_copy = None if e is None else {k: v.clone() for k, v in e.items()}
     ws = {}                                             # scratch reused across calls
-    st.ssm_advance(e, *args, block=block, ws=ws, proj=proj)
-    fast = st.ssm_advance(e, *args, block=block, ws=ws, proj=proj)
-    ref = st.ssm_advance_ref(e, *args, proj=proj)
+    cs.ssm_advance(e, *args, block=block, ws=ws, proj=proj)
+    fast = cs.ssm_advance(e, *args, block=block, ws=ws, proj=proj)
+    ref = cs.ssm_advance_ref(e, *args, proj=proj)
     assert set(fast) == set(ref) == ({"e_A", "PR", "WB"} if proj else {"e_A", "PR"})
     for k in ref:
         assert _rel(fast[k], ref[k]) <= 1e-12, k
     if e is not None:                                   # inputs untouched (out of place)
         assert all(torch.equal(e[k], e_copy[k]) for k in e)
-        fast = st.ssm_advance(e, *args, block=block, inplace=True, proj=proj)
+        fast = cs.ssm_advance(e, *args, block=block, inplace=True, proj=proj)
         for k in ref:                                   # in place: same values, e's storage
             assert _rel(fast[k], ref[k]) <= 1e-12 and fast[k].data_ptr() == e[k].data_ptr()
     if proj and e is not None:                          # proj=False: the same shared rows
-        small = st.ssm_advance({"e_A": e_copy["e_A"], "PR": e_copy["PR"][:, -3:]}, *args,
+        small = cs.ssm_advance({"e_A": e_copy["e_A"], "PR": e_copy["PR"][:, -3:]}, *args,
                                proj=False)
         assert _rel(small["PR"], ref["PR"][:, -3:]) <= 1e-12
         assert _rel(small["e_A"], ref["e_A"]) <= 1e-12
@@ -116,7 +117,7 @@ def test_ssm_inputs_match_discretize():
     ssm = SelectiveSSM(6, 4, 2).double()
     u = torch.randn(5, 3, 6, dtype=F64)
     with torch.no_grad():
-        delta, A, Bm, r, sig = st.ssm_inputs(ssm, u)
+        delta, A, Bm, r, sig = cs.ssm_inputs(ssm, u)
         d2, A2, B2, _ = ssm.discretize(u)
     for a, b in ((delta, d2), (A, A2), (Bm, B2)):
         assert torch.allclose(a, b, rtol=1e-12, atol=1e-14)
@@ -132,14 +133,14 @@ def test_ssm_contract_equals_tangent_autograd():
               torch.randn(R + 2 * Ns, E, dtype=F64, requires_grad=True)]
     W_dt = torch.randn(E, R, dtype=F64)
     g = torch.randn(2, E, Ns, dtype=F64)
-    want = torch.autograd.grad((st.ssm_tangent(e, W_dt, R, *params) * g).sum(), params)
-    got = st.ssm_contract(g, e, W_dt, R, (True,) * 4)
+    want = torch.autograd.grad((cs.ssm_tangent(e, W_dt, R, *params) * g).sum(), params)
+    got = cs.ssm_contract(g, e, W_dt, R, (True,) * 4)
     for a, b in zip(got, want):
         assert a.shape == b.shape and _rel(a, b) <= 1e-12
     assert got[3][R + Ns:].abs().max() == 0                      # W_C: no trace
     small = {"e_A": e["e_A"], "PR": e["PR"][:, -3:]}             # proj=False layout
-    want = torch.autograd.grad((st.ssm_tangent(small, W_dt, R, *params) * g).sum(), params[:3])
-    got = st.ssm_contract(g, small, W_dt, R, (True,) * 4)
+    want = torch.autograd.grad((cs.ssm_tangent(small, W_dt, R, *params) * g).sum(), params[:3])
+    got = cs.ssm_contract(g, small, W_dt, R, (True,) * 4)
     assert got[3] is None
     for a, b in zip(got[:3], want):
         assert _rel(a, b) <= 1e-12

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
+from bimsnn.rules import chunked_ssm as cs
 from bimsnn.rules import scan_traces as st
 from bimsnn.rules.base import _feeds_additively, accumulate_grad
 from bimsnn.rules.rtrl import _check_supported
@@ -281,12 +282,12 @@ class SSMChunkRTRL:
 
     Wraps ``ssm.forward(u (K, B, E), h0 (B, E, Ns) | None)``: h0 is detached and injected
     (A_log, dt_proj, x_proj get g_0·e_0), then the original parallel scan runs. The traces
-    move to the chunk's end with :func:`scan_traces.ssm_advance` in ``after_backward``, in
+    move to the chunk's end with :func:`chunked_ssm.ssm_advance` in ``after_backward``, in
     place (that chunk's backward, the only reader of e_0, is done); if the next chunk starts
     first (no ``rule.backward`` in between), out of place, since the earlier graph may still
     be backwarded. ``h0=None`` starts a fresh sequence (zero traces). Calls under
     ``no_grad`` or in eval mode pass through (h0 detached). ``x_proj_traces=False`` drops
-    the O(B·Ns·E²) traces of x_proj's Δ and B rows (see ``scan_traces.ssm_advance``).
+    the O(B·Ns·E²) traces of x_proj's Δ and B rows (see ``chunked_ssm.ssm_advance``).
     """
 
     def __init__(self, ssm: nn.Module, x_proj_traces: bool = True):
@@ -333,7 +334,7 @@ class SSMChunkRTRL:
             e, W_dt, R = self.traces, ssm.dt_proj.weight.detach(), self.R
 
             def contract(g: Tensor, need: tuple) -> tuple:
-                return st.ssm_contract(g, e, W_dt, R, need, self._ws)
+                return cs.ssm_contract(g, e, W_dt, R, need, self._ws)
             h_in = ChunkInject.apply(h0d, contract, *self.params)
         y, hK = self._orig(u, h_in)
         self._pending = (u.detach(), h0d)
@@ -354,8 +355,8 @@ class SSMChunkRTRL:
             if e["e_A"].shape != (u.shape[1], self.Ns, u.shape[2]):
                 e = None
         self._spare = None
-        delta, A, Bm, r, sig = st.ssm_inputs(self.ssm, u)
-        self.traces = st.ssm_advance(e, u, delta, A, Bm, r, h0, sig,
+        delta, A, Bm, r, sig = cs.ssm_inputs(self.ssm, u)
+        self.traces = cs.ssm_advance(e, u, delta, A, Bm, r, h0, sig,
                                      inplace=inplace and e is not None, ws=self._ws,
                                      proj=self.proj)
 
