@@ -22,8 +22,9 @@ Exactness (float64, 2-layer SpikingMambaNet D=8, N=4, T=16, B=3): chunk=1 vs the
 ``RTRL`` rule, chunk=T vs autograd BPTT (max relative error over parameter tensors).
 Cosine of the chunked RTRL gradient to BPTT (all parameters flattened) on a 2-layer net,
 T=128, for several K: what the dropped cross-layer paths cost.
-Memory: fresh subprocess per T ∈ {1000, 20000}; peak RSS after one online pass at the
-default K minus the RSS once model and data exist (net peak), ratio 20k / 1k.
+Memory: fresh subprocess per T ∈ {1000, 20000}; peak RSS (VmHWM) after one online pass at
+the default K minus the peak once model and data exist (net peak), ratio 20k / 1k. The
+input is one ≤1000-step random block tiled, so both T allocate the same temporaries.
 
 Ends with:
     RESULT rtrl_over_bptt_time=... hybrid_over_bptt_time=... chunk1_grad_err=...
@@ -205,16 +206,29 @@ def measure_cosine(Ks=(1, 4, 16, 64, 128), T=128, B=4) -> dict:
     return out
 
 
+def _peak_rss_mb() -> float:
+    """This process's peak RSS: VmHWM of /proc/self/status (ru_maxrss can carry the parent's
+    peak into a subprocess started with vfork + exec, as Python's subprocess may do)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return float(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def child(T: int, K: int) -> None:
     """Fresh subprocess: net peak RSS (MB) of one online pass."""
     torch.set_num_threads(1)
     net, x, y = make("seizure", T=T)
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    base = _peak_rss_mb()
     t0 = time.perf_counter()
     with make_rule("rtrl", net, K) as rule:
         train_pass("rtrl", net, x, y, rule)
     dt = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = _peak_rss_mb()
     print(json.dumps({"T": T, "base_mb": base, "net_mb": peak - base, "s": dt}))
 
 

@@ -184,14 +184,17 @@ def test_exp_filter_and_stdp_chunk_equal_refs():
         for a, b in zip(st.stdp_chunk(x, s, x0, y0, 0.8, 0.9),
                         st.stdp_chunk_ref(x, s, x0, y0, 0.8, 0.9)):
             assert _rel(a, b) <= 1e-12
-    for K in (5, 150):
+    for K in (1, 5, 150):                                           # 150: several blocks
         d = torch.rand(K, 2, 3, generator=g, dtype=F64)
-        S, tot = st.suffix_sums(d)
-        assert torch.allclose(S, d.flip(0).cumsum(0).flip(0) - d, rtol=1e-13, atol=1e-13)
-        assert torch.allclose(tot, d.sum(0), rtol=1e-13)
+        for a, b in zip(st.suffix_sums(d), st.suffix_sums_ref(d)):
+            assert torch.allclose(a, b, rtol=1e-13, atol=1e-13)
+        assert torch.allclose(st.suffix_sums(d)[0], d.flip(0).cumsum(0).flip(0) - d,
+                              rtol=1e-13, atol=1e-13)
     a = torch.rand(6, 2, 3, generator=g, dtype=F64)
     a[2, 0, 1] = 0.0                                                # a "zero" reset
     w, tot = st.suffix_products(a)
+    w_ref, tot_ref = st.suffix_products_ref(a)
     for t in range(6):
         assert torch.allclose(w[t], a[t + 1:].prod(0), rtol=1e-14)
+    assert torch.allclose(w, w_ref, rtol=1e-14) and torch.allclose(tot, tot_ref, rtol=1e-14)
     assert torch.allclose(tot, a.prod(0), rtol=1e-14)

@@ -39,6 +39,20 @@ STDP's Ω (eq. 5) is exact for every K. Hybrid (eq. 4) writes λ·∂L/∂w − 
 ``balance`` applied after every chunk (the per-step rule applies it after every step, so
 K = 1 matches it; for K > 1 the formula holds after every chunk).
 
+Measured (benchmarks/online_chunked.py, 1 CPU thread, CPU-time medians; 2-layer
+SpikingMambaNet D=16, T=128, float64): cosine of the chunked RTRL gradient to BPTT (all
+parameters) 0.165 at K=1 (the per-step rule), 0.268 at K=4, 0.783 at K=16, 0.998 at K=64,
+1 at K=T. Time of one training pass over BPTT's (seizure size D=16, N=8, B=64, T=128):
+RTRL 3.3× at K=8, 1.8× at K=32, 1.7× at K=64, 1.5× at K=T; with ``x_proj_traces=False``
+1.4× at K=64. Keyword-spotting size (D=64, N=16, B=32, T=100): 2.5× at K=64, 1.6× without
+x_proj traces. Memory at K=64 is flat in T (net peak 75 → 79 MB from T=1k to 20k).
+
+Default chunk (:data:`DEFAULT_CHUNK` = 64): the gradient is within 0.2% of BPTT's direction
+on the nets above (K=16 loses a fifth), the per-chunk costs (boundary contractions, trace
+decays, one backward per chunk) are amortised (K=64 runs within ~15% of K=T, K≤16 at
+2-3× that), and memory stays O(K) (≈80 MB for the seizure model at B=64). Sequences of
+at most K steps run as one chunk, i.e. exactly BPTT.
+
 Hooks: the rules wrap ``multi_step`` / ``forward`` / ``forward_seq`` on the instances and add
 forward hooks to the paired Linears; ``remove()`` restores the model exactly. Per-step calls
 (``model.step``, ``lif(cur, mem)``) are not seen: use the per-step rules for those.
@@ -68,8 +82,7 @@ from bimsnn.rules.stdp import STDP
 __all__ = ["DEFAULT_CHUNK", "ChunkedRule", "ChunkedRTRL", "ChunkedSTDP", "ChunkedHybrid",
            "detach_tree"]
 
-# Default chunk length K (for recipes / RTRL(model, chunk=...)): see benchmarks/online_chunked.py.
-DEFAULT_CHUNK = 64
+DEFAULT_CHUNK = 64     # default K (recipes, RTRL(model, chunk=...)): see the module docstring
 
 
 class ChunkedRule(Rule):

@@ -6,9 +6,11 @@ width, E SSM channels, Ns SSM state size, θ a layer's own recurrent parameters.
 A layer's state s_0 entering a chunk is detached and passed through :class:`ChunkInject`,
 an identity whose backward also adds g_0·e_0 to θ's gradients (eq. 8 at the boundary),
 g_0 = ∂L_chunk/∂s_0 being what autograd computes inside the chunk, e_0 = ∂s_0/∂θ the
-eligibility trace (eq. 7) carried from earlier chunks. After the chunk's forward, e_0 is
-advanced to e_K in closed form (:mod:`bimsnn.rules.scan_traces`), out of place, since the
-pending backward still reads e_0.
+eligibility trace (eq. 7) carried from earlier chunks. Then e_0 is advanced to e_K in
+closed form (:mod:`bimsnn.rules.scan_traces`, :mod:`bimsnn.rules.chunked_ssm`): Leaky
+traces (small) right after the chunk's forward, out of place, since the pending backward
+still reads e_0; SSM traces (large) in place after the chunk's backward, or out of place
+when the next chunk starts first.
 
 Hook points (restored exactly by ``remove()``):
     LeakyChunkTap   wraps ``leaky.multi_step`` on the instance + a forward hook on the

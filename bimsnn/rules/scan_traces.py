@@ -1,7 +1,7 @@
 """Eligibility and STDP traces advanced over a whole chunk of K steps at once (eq. 5, 7-8).
 
-Symbols: K chunk length, B batch, N Linear in_features, H Leaky width, E SSM channels,
-N_s SSM state size (``Ns`` in code), R dt rank, t = 1..K the steps of a chunk (index 0..K-1).
+Symbols: K chunk length, B batch, N Linear in_features, H Leaky width, t = 1..K the steps
+of a chunk (index 0..K-1). The SelectiveSSM's traces are in :mod:`bimsnn.rules.chunked_ssm`.
 
 Every trace here is a diagonal linear recurrence e_t = a_t ⊙ e_{t-1} + imm_t, so over a
 chunk it has the closed form
@@ -9,7 +9,7 @@ chunk it has the closed form
     e_K = (Π_{t=1..K} a_t) ⊙ e_0 + Σ_t w_t ⊙ imm_t,     w_t = Π_{s=t+1..K} a_s ∈ [0, 1]
 
 (products of decays ≤ 1 only: never a division, never exp(+ΣΔA)). For outer-product traces
-the Σ_t is one einsum / batched matmul over the chunk, so no Python loop runs per step.
+the Σ_t is one einsum / matmul over the chunk, so no Python loop runs per step.
 
 Functions (each fast one has a ``_ref`` twin, a per-step loop with the same signature,
 that the tests compare against):
@@ -65,6 +65,14 @@ def suffix_sums(x: Tensor, ws: dict | None = None) -> tuple[Tensor, Tensor]:
     return out.view(x.shape), carry.view(x.shape[1:])
 
 
+def suffix_sums_ref(x: Tensor, ws: dict | None = None) -> tuple[Tensor, Tensor]:
+    """Reference twin of :func:`suffix_sums`: the backward loop S_t = S_{t+1} + x_{t+1}."""
+    S = [torch.zeros_like(x[0])]
+    for t in range(x.shape[0] - 1, 0, -1):
+        S.append(S[-1] + x[t])
+    return torch.stack(S[::-1]), S[-1] + x[0]
+
+
 # ------------------------------------------------------------------ generic decays
 def suffix_products(a: Tensor) -> tuple[Tensor, Tensor]:
     """w_t = Π_{s>t} a_s and the total Π_t a_t, for per-step decays a (K, ...) in [0, 1].
@@ -74,6 +82,14 @@ def suffix_products(a: Tensor) -> tuple[Tensor, Tensor]:
     """
     rc = a.flip(0).cumprod(0).flip(0)                       # Π_{s≥t} a_s, (K, ...)
     return torch.cat([rc[1:], torch.ones_like(rc[:1])]), rc[0]
+
+
+def suffix_products_ref(a: Tensor) -> tuple[Tensor, Tensor]:
+    """Reference twin of :func:`suffix_products`: the backward loop w_t = a_{t+1} w_{t+1}."""
+    w = [torch.ones_like(a[0])]
+    for t in range(a.shape[0] - 1, 0, -1):
+        w.append(a[t] * w[-1])
+    return torch.stack(w[::-1]), a[0] * w[-1]
 
 
 def exp_filter(x: Tensor, d: float, x0: Tensor | None = None) -> Tensor:
