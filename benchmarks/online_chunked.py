@@ -31,6 +31,17 @@ Ends with:
            chunkT_grad_err=... online_mem_ratio_20k_over_1k=... (+ kws_* and *_nx keys)
 (time ratios: seizure model at the default K, exact x_proj traces).
 
+Measured (2-core shared AMD EPYC, load average 5-7, ~5-6 min per run, two full runs):
+    seizure  rtrl 1.70 / 1.85x at K=64 (1.47 / 1.78 at K=T, 3.3-3.6 at K=8, 17-19 at K=1),
+             hybrid 1.66 / 1.95, rtrl-nx 1.41 / 1.67
+    kws      rtrl 2.53 / 2.22x at K=64, hybrid 2.89 / 2.43, rtrl-nx 1.60 / 1.51
+    exactness 3.3e-16 (chunk=1) and 0 (chunk=T); cosine 0.165 / 0.268 / 0.783 / 0.998 / 1 at
+    K = 1 / 4 / 16 / 64 / 128; memory 76 -> 80 MB net peak (ratio 1.05) for T = 1k -> 20k.
+What limits the time: the SSM trace advance (about 0.35-0.45 of a BPTT pass at the seizure
+size: batched matmuls for x_proj's O(B·N·E²) traces, ~30%, and ~11 eager elementwise passes
+over (T, B, N, E), ~70%), then per-boundary costs (contraction, decay, one backward per
+chunk) and, for Hybrid, STDP's filtered traces (~5-10%).
+
 Usage: python benchmarks/online_chunked.py [--repeats 5] [--quick]
 """
 
