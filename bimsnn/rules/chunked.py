@@ -72,10 +72,10 @@ from bimsnn.rules.chunked_layers import (
     ChunkSTDPLayer,
     LeakyChunkRTRL,
     LeakyChunkTap,
-    SSMChunkRTRL,
     StateDetacher,
     detach_tree,
 )
+from bimsnn.rules.chunked_ssm import SSMChunkRTRL
 from bimsnn.rules.ssm_rtrl import is_selective_ssm
 from bimsnn.rules.stdp import STDP
 

@@ -15,7 +15,7 @@ when the next chunk starts first.
 Hook points (restored exactly by ``remove()``):
     LeakyChunkTap   wraps ``leaky.multi_step`` on the instance + a forward hook on the
                     paired ``nn.Linear`` recording its (K, B, N) input.
-    SSMChunkRTRL    wraps ``ssm.forward(u, h0)`` on the instance.
+    SSMChunkRTRL    (in :mod:`bimsnn.rules.chunked_ssm`) wraps ``ssm.forward(u, h0)``.
     StateDetacher   wraps ``forward_seq`` / a stateful block's ``forward`` so the incoming
                     state (any NamedTuple tree) carries no graph from the previous chunk.
 """
@@ -25,15 +25,48 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import snntorch as snn
 import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from bimsnn.rules import chunked_ssm as cs
 from bimsnn.rules import scan_traces as st
-from bimsnn.rules.base import _feeds_additively, accumulate_grad
-from bimsnn.rules.rtrl import _check_supported
+from bimsnn.rules.base import accumulate_grad
 from bimsnn.rules.traces import decay_from_tau
+
+# Graph nodes through which the Linear output may reach the Leaky input unchanged (∂ = I).
+_PASS_THROUGH = {"AddBackward", "UnbindBackward", "SelectBackward", "ToCopyBackward",
+                 "CloneBackward", "ViewBackward", "UnsafeViewBackward",
+                 "ReshapeAliasBackward", "AliasBackward"}
+
+
+def _feeds_additively(cur: Tensor, y: Tensor, fc: nn.Module, max_depth: int = 8) -> bool:
+    """True if ``cur`` is ``y`` plus terms that do not depend on it, by the autograd graph
+    (the structural check of the per-step rules; under no_grad only shapes are checked)."""
+    if cur is y:
+        return True
+    if y.grad_fn is None:
+        return cur.grad_fn is None or not fc.weight.requires_grad
+    stack = [(cur.grad_fn, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if node is None or depth > max_depth:
+            continue
+        if node is y.grad_fn:
+            return True
+        if node.name().rstrip("0123456789") in _PASS_THROUGH:
+            stack.extend((n, depth + 1) for n, _ in node.next_functions)
+    return False
+
+
+def _check_supported(lif: nn.Module, name: str) -> None:
+    """The chunked traces model snnTorch's Leaky with its default reset timing only."""
+    bad = [k for k, ok in (("reset_delay=False", getattr(lif, "reset_delay", True)),
+                           ("inhibition=True", not getattr(lif, "inhibition", False)),
+                           ("state_quant", not getattr(lif, "state_quant", False))) if not ok]
+    if bad:
+        raise ValueError(f"chunked RTRL: Leaky {name} uses {', '.join(bad)}, whose state "
+                         "Jacobian is not β̂ or β̂(1−r); not supported")
 
 
 def detach_tree(x: Any) -> Any:
@@ -103,9 +136,12 @@ class LeakyChunkTap:
         if getattr(lif.__dict__.get("multi_step"), "_chunk_tap", None) is not None:
             raise RuntimeError(f"{name}: this Leaky already has a chunked rule attached: "
                                "call remove() on the other rule first")
-        if not callable(getattr(lif, "multi_step", None)):
-            raise TypeError(f"{name}: chunked rules need bimsnn.Leaky (with multi_step), got "
-                            f"{type(lif).__name__}")
+        if not (isinstance(lif, snn.Leaky) and callable(getattr(lif, "multi_step", None))):
+            raise TypeError(f"{name}: chunked rules support bimsnn.Leaky neurons (with "
+                            f"multi_step), got {type(lif).__name__}; use the per-step rules")
+        if fc is not None and not isinstance(fc, nn.Linear):
+            raise TypeError(f"{name}: chunked rules support nn.Linear → Leaky pairs, got "
+                            f"{type(fc).__name__}; use the per-step rules")
         self.fc, self.lif, self.check, self.name = fc, lif, check, name
         self.plastic_without_grad = plastic_without_grad
         self.injector: Callable | None = None
@@ -277,103 +313,6 @@ class ChunkSTDPLayer:
     def remove(self) -> None:
         if self in self.tap.listeners:
             self.tap.listeners.remove(self)
-
-
-class SSMChunkRTRL:
-    """Exact RTRL traces of one SelectiveSSM, advanced per chunk (a Handler).
-
-    Wraps ``ssm.forward(u (K, B, E), h0 (B, E, Ns) | None)``: h0 is detached and injected
-    (A_log, dt_proj, x_proj get g_0·e_0), then the original parallel scan runs. The traces
-    move to the chunk's end with :func:`chunked_ssm.ssm_advance` in ``after_backward``, in
-    place (that chunk's backward, the only reader of e_0, is done); if the next chunk starts
-    first (no ``rule.backward`` in between), out of place, since the earlier graph may still
-    be backwarded. ``h0=None`` starts a fresh sequence (zero traces). Calls under
-    ``no_grad`` or in eval mode pass through (h0 detached). ``x_proj_traces=False`` drops
-    the O(B·Ns·E²) traces of x_proj's Δ and B rows (see ``chunked_ssm.ssm_advance``).
-    """
-
-    def __init__(self, ssm: nn.Module, x_proj_traces: bool = True):
-        if getattr(ssm.__dict__.get("forward"), "_chunk_ssm", None) is not None:
-            raise RuntimeError("this SSM already has a chunked rule attached")
-        if ssm.x_proj.bias is not None:
-            raise NotImplementedError("x_proj with a bias is not supported")
-        self.ssm, self.proj = ssm, bool(x_proj_traces)
-        self.Ns = ssm.A_log.shape[1]
-        self.R = ssm.x_proj.out_features - 2 * self.Ns
-        self.traces: dict | None = None
-        self._pending: tuple | None = None       # (u, h0) of a chunk not yet advanced over
-        self._ws: dict = {}                      # scratch buffers of ssm_advance
-        self._spare: dict | None = None          # trace storage of the previous sequence
-        self._orig = ssm.forward
-
-        def forward(u: Tensor, h0: Tensor | None = None):
-            return self._forward(u, h0)
-        forward._chunk_ssm = self
-        self._restore = _wrap(ssm, "forward", forward)
-
-    @property
-    def params(self) -> tuple:
-        s = self.ssm
-        return s.A_log, s.dt_proj.weight, s.dt_proj.bias, s.x_proj.weight
-
-    def numel(self) -> int:
-        return sum(t.numel() for t in (self.traces or {}).values())
-
-    def _forward(self, u: Tensor, h0: Tensor | None):
-        ssm = self.ssm
-        if not (ssm.training and torch.is_grad_enabled()):
-            return self._orig(u, None if h0 is None else h0.detach())
-        self._advance(inplace=False)
-        K, B, E = u.shape
-        h0d = u.new_zeros(B, E, self.Ns) if h0 is None else h0.detach()
-        if h0 is None:
-            self.traces = None
-        h_in = h0d
-        if self.traces is not None:
-            if self.traces["e_A"].shape[0] != B:
-                raise ValueError(f"batch {B} != traces' batch {self.traces['e_A'].shape[0]}; "
-                                 "call rule.reset(batch_size) at each new sequence")
-            e, W_dt, R = self.traces, ssm.dt_proj.weight.detach(), self.R
-
-            def contract(g: Tensor, need: tuple) -> tuple:
-                return cs.ssm_contract(g, e, W_dt, R, need, self._ws)
-            h_in = ChunkInject.apply(h0d, contract, *self.params)
-        y, hK = self._orig(u, h_in)
-        self._pending = (u.detach(), h0d)
-        return y, hK
-
-    @torch.no_grad()
-    def _advance(self, inplace: bool) -> None:
-        """e_0 → e_K over the pending chunk (see the class docstring)."""
-        if self._pending is None:
-            return
-        u, h0 = self._pending
-        self._pending = None
-        e = self.traces
-        if e is None and inplace and self._spare is not None:
-            # The last sequence's trace storage, zeroed, instead of fresh (page-faulting)
-            # tensors: its graphs were all backwarded before reset().
-            e = {k: v.zero_() for k, v in self._spare.items()}
-            if e["e_A"].shape != (u.shape[1], self.Ns, u.shape[2]):
-                e = None
-        self._spare = None
-        delta, A, Bm, r, sig = cs.ssm_inputs(self.ssm, u)
-        self.traces = cs.ssm_advance(e, u, delta, A, Bm, r, h0, sig,
-                                     inplace=inplace and e is not None, ws=self._ws,
-                                     proj=self.proj)
-
-    def reset(self, batch_size: int) -> None:
-        if self.traces is not None:
-            self._spare = self.traces
-        self.traces = self._pending = None
-
-    def after_backward(self) -> None:
-        self._advance(inplace=True)
-
-    def remove(self) -> None:
-        self._restore()
-        self.traces = self._pending = self._spare = None
-        self._ws = {}
 
 
 class StateDetacher:

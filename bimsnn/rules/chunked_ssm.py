@@ -7,14 +7,16 @@ the state index n before the channel e (see :func:`ssm_advance`) and advanced pe
     ssm_advance / ssm_advance_ref    e_0 → e_K (fast closed form / per-step twin)
     ssm_inputs                       Δ, A, B, W_Δ u, σ of a chunk from the SSM's parameters
     ssm_contract / ssm_tangent       Σ g·e per parameter (eq. 8 at a boundary) / e·dθ
+    SSMChunkRTRL                     the handler: wraps ``ssm.forward``, injects, advances
 """
 
 from __future__ import annotations
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.nn import functional as F
 
+from bimsnn.rules.chunked_layers import ChunkInject, _wrap
 from bimsnn.rules.scan_traces import _workspace, suffix_sums
 
 _SLAB = 1 << 17                         # elements per (k, B, Ns, E) buffer of ssm_advance
@@ -225,3 +227,100 @@ def ssm_tangent(e: dict, W_dt: Tensor, R: int, dA_log, dW_dt, db, dW_x) -> Tenso
         out = out + torch.einsum("bjne,er,rj->bne", e["PR"][:, :E], W_dt, dW_x[:R])
         out = out + torch.einsum("bjne,nj->bne", e["WB"], dW_x[R:R + Ns])
     return out.transpose(1, 2)
+
+
+class SSMChunkRTRL:
+    """Exact RTRL traces of one SelectiveSSM, advanced per chunk (a Handler).
+
+    Wraps ``ssm.forward(u (K, B, E), h0 (B, E, Ns) | None)``: h0 is detached and injected
+    (A_log, dt_proj, x_proj get g_0·e_0), then the original parallel scan runs. The traces
+    move to the chunk's end with :func:`ssm_advance` in ``after_backward``, in
+    place (that chunk's backward, the only reader of e_0, is done); if the next chunk starts
+    first (no ``rule.backward`` in between), out of place, since the earlier graph may still
+    be backwarded. ``h0=None`` starts a fresh sequence (zero traces). Calls under
+    ``no_grad`` or in eval mode pass through (h0 detached). ``x_proj_traces=False`` drops
+    the O(B·Ns·E²) traces of x_proj's Δ and B rows (see :func:`ssm_advance`).
+    """
+
+    def __init__(self, ssm: nn.Module, x_proj_traces: bool = True):
+        if getattr(ssm.__dict__.get("forward"), "_chunk_ssm", None) is not None:
+            raise RuntimeError("this SSM already has a chunked rule attached")
+        if ssm.x_proj.bias is not None:
+            raise NotImplementedError("x_proj with a bias is not supported")
+        self.ssm, self.proj = ssm, bool(x_proj_traces)
+        self.Ns = ssm.A_log.shape[1]
+        self.R = ssm.x_proj.out_features - 2 * self.Ns
+        self.traces: dict | None = None
+        self._pending: tuple | None = None       # (u, h0) of a chunk not yet advanced over
+        self._ws: dict = {}                      # scratch buffers of ssm_advance
+        self._spare: dict | None = None          # trace storage of the previous sequence
+        self._orig = ssm.forward
+
+        def forward(u: Tensor, h0: Tensor | None = None):
+            return self._forward(u, h0)
+        forward._chunk_ssm = self
+        self._restore = _wrap(ssm, "forward", forward)
+
+    @property
+    def params(self) -> tuple:
+        s = self.ssm
+        return s.A_log, s.dt_proj.weight, s.dt_proj.bias, s.x_proj.weight
+
+    def numel(self) -> int:
+        return sum(t.numel() for t in (self.traces or {}).values())
+
+    def _forward(self, u: Tensor, h0: Tensor | None):
+        ssm = self.ssm
+        if not (ssm.training and torch.is_grad_enabled()):
+            return self._orig(u, None if h0 is None else h0.detach())
+        self._advance(inplace=False)
+        K, B, E = u.shape
+        h0d = u.new_zeros(B, E, self.Ns) if h0 is None else h0.detach()
+        if h0 is None:
+            self.traces = None
+        h_in = h0d
+        if self.traces is not None:
+            if self.traces["e_A"].shape[0] != B:
+                raise ValueError(f"batch {B} != traces' batch {self.traces['e_A'].shape[0]}; "
+                                 "call rule.reset(batch_size) at each new sequence")
+            e, W_dt, R = self.traces, ssm.dt_proj.weight.detach(), self.R
+
+            def contract(g: Tensor, need: tuple) -> tuple:
+                return ssm_contract(g, e, W_dt, R, need, self._ws)
+            h_in = ChunkInject.apply(h0d, contract, *self.params)
+        y, hK = self._orig(u, h_in)
+        self._pending = (u.detach(), h0d)
+        return y, hK
+
+    @torch.no_grad()
+    def _advance(self, inplace: bool) -> None:
+        """e_0 → e_K over the pending chunk (see the class docstring)."""
+        if self._pending is None:
+            return
+        u, h0 = self._pending
+        self._pending = None
+        e = self.traces
+        if e is None and inplace and self._spare is not None:
+            # The last sequence's trace storage, zeroed, instead of fresh (page-faulting)
+            # tensors: its graphs were all backwarded before reset().
+            e = {k: v.zero_() for k, v in self._spare.items()}
+            if e["e_A"].shape != (u.shape[1], self.Ns, u.shape[2]):
+                e = None
+        self._spare = None
+        delta, A, Bm, r, sig = ssm_inputs(self.ssm, u)
+        self.traces = ssm_advance(e, u, delta, A, Bm, r, h0, sig,
+                                     inplace=inplace and e is not None, ws=self._ws,
+                                     proj=self.proj)
+
+    def reset(self, batch_size: int) -> None:
+        if self.traces is not None:
+            self._spare = self.traces
+        self.traces = self._pending = None
+
+    def after_backward(self) -> None:
+        self._advance(inplace=True)
+
+    def remove(self) -> None:
+        self._restore()
+        self.traces = self._pending = self._spare = None
+        self._ws = {}
