@@ -3,6 +3,8 @@
 Rule interface (:mod:`bimsnn.rules.base`): ``Rule(model, ...)``, ``reset(batch_size)`` per
 sequence, ``backward(loss_t)`` per step, ``remove()``. Rules: :class:`RTRL` (eq. 7-8),
 :class:`STDP` (eq. 5-6), :class:`Hybrid` (eq. 4); :class:`AdaptivePruning` (eq. 9-10).
+``RTRL(model, chunk=K)`` (and Hybrid, STDP) runs the chunked rules of
+:mod:`bimsnn.rules.chunked`: fused kernels inside a chunk of K steps, traces across chunks.
 They attach to unmodified snnTorch models: nn.Linear / nn.Conv1d / nn.Conv2d connections
 into Leaky, Synaptic, Alpha, RLeaky and RSynaptic neurons (and bimsnn's Leaky, Synaptic);
 docs/rules_support.md tabulates what is exact. Traces live in :mod:`bimsnn.rules.traces`,
@@ -14,6 +16,7 @@ Symbols (all modules): T time, B batch, N presynaptic width, H neuron width, O o
 """
 
 from bimsnn.rules.base import Handler, Rule, find_pairs
+from bimsnn.rules.chunked import ChunkedHybrid, ChunkedRTRL, ChunkedSTDP
 from bimsnn.rules.hybrid import Hybrid
 from bimsnn.rules.pruning import AdaptivePruning
 from bimsnn.rules.rtrl import RTRL, LayerRTRL, NeuronTraceInject, neuron_trace_inject_ref
@@ -22,7 +25,8 @@ from bimsnn.rules.stdp import STDP, STDPState, stdp_omega_ref, stdp_step, stdp_w
 from bimsnn.rules.taps import LayerTap
 from bimsnn.rules.traces import Trace, decay_from_tau, filter_step
 
-__all__ = ["AdaptivePruning", "Handler", "Hybrid", "LayerRTRL", "LayerTap",
-           "NeuronTraceInject", "RTRL", "Rule", "SSMTraceInject", "STDP", "STDPState", "Trace",
-           "decay_from_tau", "filter_step", "find_pairs", "neuron_trace_inject_ref",
-           "ssm_trace_inject_ref", "stdp_omega_ref", "stdp_step", "stdp_window"]
+__all__ = ["AdaptivePruning", "ChunkedHybrid", "ChunkedRTRL", "ChunkedSTDP", "Handler",
+           "Hybrid", "LayerRTRL", "LayerTap", "NeuronTraceInject", "RTRL", "Rule",
+           "SSMTraceInject", "STDP", "STDPState", "Trace", "decay_from_tau", "filter_step",
+           "find_pairs", "neuron_trace_inject_ref", "ssm_trace_inject_ref", "stdp_omega_ref",
+           "stdp_step", "stdp_window"]
