@@ -61,9 +61,9 @@ import torch
 from torch.nn import functional as F
 
 try:  # `python benchmarks/online_chunked.py` puts benchmarks/ on sys.path; `-m` does not.
-    from _util import result_line  # also puts the repo root on sys.path
+    from benchutil import result_line
 except ImportError:
-    from benchmarks._util import result_line
+    from benchmarks.benchutil import result_line
 
 from bimsnn.rules import RTRL
 from bimsnn.rules.chunked import DEFAULT_CHUNK, ChunkedHybrid, ChunkedRTRL, detach_tree

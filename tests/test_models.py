@@ -26,6 +26,7 @@ from bimsnn.models import (
     spec,
 )
 from bimsnn.ssm.mamba import MambaConfig, SpikingMambaNet
+from bimsnn.training.online import seq_logits
 
 REPO = Path(__file__).resolve().parent.parent
 C, K, V = 6, 3, 11
@@ -50,7 +51,7 @@ def _input(name: str, T: int = 7, B: int = 2) -> torch.Tensor:
 
 def _out(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
-        return model.forward_seq(x) if x.dtype == torch.long else model(x)
+        return seq_logits(model, x) if x.dtype == torch.long else model(x)
 
 
 def _assert_same_state(a: nn.Module | dict, b: nn.Module | dict) -> None:

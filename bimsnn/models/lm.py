@@ -30,7 +30,7 @@ class SpikingMambaLM(nn.Module):
     Example:
         >>> import torch
         >>> lm = SpikingMambaLM(11, 4, d_model=8)
-        >>> lm.forward_seq(torch.zeros(5, 2, dtype=torch.long)).shape
+        >>> lm.forward_seq(torch.zeros(5, 2, dtype=torch.long))[0].shape
         torch.Size([5, 2, 11])
     """
 
@@ -42,9 +42,11 @@ class SpikingMambaLM(nn.Module):
         if zero_readout_bias:
             nn.init.zeros_(self.net.out_fc.bias)
 
-    def forward_seq(self, ids: Tensor) -> Tensor:
-        """ids (T, B) int → logits (T, B, V)."""
-        return self.net.forward_seq(self.embed(ids))[0]
+    def forward_seq(self, ids: Tensor, state: MambaNetState | None = None
+                    ) -> tuple[Tensor, MambaNetState]:
+        """ids (T, B) int → logits (T, B, V) and the state after the last step (chunked
+        online rules carry it to the next chunk)."""
+        return self.net.forward_seq(self.embed(ids), state)
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> MambaNetState:
         return self.net.init_state(batch_size, device, dtype)

@@ -198,6 +198,7 @@ class LeakyChunkRTRL:
                        if isinstance(p, Tensor) and p.requires_grad
                        and not (k == "threshold" and self.mode != st.SUBTRACT)}
         self.traces: dict | None = None
+        self._pending: tuple | None = None     # the last chunk, not yet advanced over
         tap.injector = self.inject
         tap.listeners.append(self)
 
@@ -205,8 +206,10 @@ class LeakyChunkRTRL:
         return sum(t.numel() for t in (self.traces or {}).values() if t is not None)
 
     def inject(self, m0: Tensor, fresh: bool) -> Tensor:
-        if fresh or self.traces is None or not self.params:
-            self.traces = None
+        if fresh:
+            self.traces = self._pending = None
+        self._advance()
+        if self.traces is None or not self.params:
             return m0
         if next(iter(self.traces.values())).shape[0] != m0.reshape(-1, m0.shape[-1]).shape[0]:
             raise ValueError(f"{self.tap.name}: batch changed; call rule.reset(batch_size)")
@@ -218,17 +221,25 @@ class LeakyChunkRTRL:
             return tuple(res[k] if n else None for k, n in zip(names, need))
         return ChunkInject.apply(m0, contract, *self.params.values())
 
-    @torch.no_grad()
     def on_chunk(self, tap: LeakyChunkTap) -> None:
-        if not self.params:
+        """Keep what the advance over this chunk needs; it runs when (if) a next chunk of
+        the same sequence starts, so the last chunk of a sequence costs nothing."""
+        if self.params:
+            lif = tap.lif
+            self._pending = (tap.x, tap.m0, tap.mem, lif.beta.detach().clone(),
+                             lif.threshold.detach().clone())
+
+    @torch.no_grad()
+    def _advance(self) -> None:
+        if self._pending is None:
             return
+        x, m0, mem, beta, thr = self._pending
+        self._pending = None
         e = self.traces if self.traces is not None else dict.fromkeys(self.params)
-        lif = tap.lif
-        self.traces = st.leaky_advance(e, tap.x, tap.m0, tap.mem, lif.beta.detach(),
-                                       lif.threshold.detach(), self.mode)
+        self.traces = st.leaky_advance(e, x, m0, mem, beta, thr, self.mode)
 
     def reset(self, batch_size: int) -> None:
-        self.traces = None
+        self.traces = self._pending = None
 
     def after_backward(self) -> None:
         pass
@@ -238,7 +249,7 @@ class LeakyChunkRTRL:
             self.tap.injector = None
         if self in self.tap.listeners:
             self.tap.listeners.remove(self)
-        self.traces = None
+        self.traces = self._pending = None
 
 
 class ChunkSTDPLayer:

@@ -234,10 +234,10 @@ class SSMChunkRTRL:
 
     Wraps ``ssm.forward(u (K, B, E), h0 (B, E, Ns) | None)``: h0 is detached and injected
     (A_log, dt_proj, x_proj get g_0·e_0), then the original parallel scan runs. The traces
-    move to the chunk's end with :func:`ssm_advance` in ``after_backward``, in
-    place (that chunk's backward, the only reader of e_0, is done); if the next chunk starts
-    first (no ``rule.backward`` in between), out of place, since the earlier graph may still
-    be backwarded. ``h0=None`` starts a fresh sequence (zero traces). Calls under
+    move to the chunk's end with :func:`ssm_advance` lazily, when the next chunk of the same
+    sequence starts (a sequence's last chunk costs no advance): in place if that chunk's
+    backward, the only reader of e_0, is done; else out of place, since the earlier graph
+    may still be backwarded. ``h0=None`` starts a fresh sequence (zero traces). Calls under
     ``no_grad`` or in eval mode pass through (h0 detached). ``x_proj_traces=False`` drops
     the O(B·Ns·E²) traces of x_proj's Δ and B rows (see :func:`ssm_advance`).
     """
@@ -252,6 +252,7 @@ class SSMChunkRTRL:
         self.R = ssm.x_proj.out_features - 2 * self.Ns
         self.traces: dict | None = None
         self._pending: tuple | None = None       # (u, h0) of a chunk not yet advanced over
+        self._backwarded = False                 # its graph is freed: advance in place
         self._ws: dict = {}                      # scratch buffers of ssm_advance
         self._spare: dict | None = None          # trace storage of the previous sequence
         self._orig = ssm.forward
@@ -273,7 +274,9 @@ class SSMChunkRTRL:
         ssm = self.ssm
         if not (ssm.training and torch.is_grad_enabled()):
             return self._orig(u, None if h0 is None else h0.detach())
-        self._advance(inplace=False)
+        if h0 is None:
+            self._pending = None                 # a new sequence: nothing to advance over
+        self._advance(inplace=self._backwarded)
         K, B, E = u.shape
         h0d = u.new_zeros(B, E, self.Ns) if h0 is None else h0.detach()
         if h0 is None:
@@ -289,7 +292,7 @@ class SSMChunkRTRL:
                 return ssm_contract(g, e, W_dt, R, need, self._ws)
             h_in = ChunkInject.apply(h0d, contract, *self.params)
         y, hK = self._orig(u, h_in)
-        self._pending = (u.detach(), h0d)
+        self._pending, self._backwarded = (u.detach(), h0d), False
         return y, hK
 
     @torch.no_grad()
@@ -318,7 +321,9 @@ class SSMChunkRTRL:
         self.traces = self._pending = None
 
     def after_backward(self) -> None:
-        self._advance(inplace=True)
+        """The chunk's graph is freed: the advance (lazily, when the next chunk starts, so
+        a sequence's last chunk costs none) may update the traces in place."""
+        self._backwarded = True
 
     def remove(self) -> None:
         self._restore()

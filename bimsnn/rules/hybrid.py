@@ -68,6 +68,8 @@ class Hybrid(Rule):
             unattached (``STDP(A_plus=...)``) or attached to this same model, in which case
             Hybrid takes it over (its hooks are replaced by Hybrid's). Default ``STDP()``.
         grad: "rtrl" or "autograd".
+        chunk: K steps per chunk: returns a :class:`~bimsnn.rules.chunked.ChunkedHybrid`
+            (same λ, STDP and ``balance`` semantics, written after every chunk).
         balance: rescale the STDP term to (1 − λ)·‖G‖ per pair weight and sequence
             (see the module docstring); the default False is eq. 4 literally.
         layers, check: pairing override and structural check (see :mod:`bimsnn.rules.base`).
@@ -77,10 +79,18 @@ class Hybrid(Rule):
     ``rule.stdp.omegas`` holds each pair's Ω since the last :meth:`reset`.
     """
 
+    def __new__(cls, model: nn.Module, *args, chunk: int | None = None, **kw):
+        if chunk is not None:
+            from bimsnn.rules.chunked import ChunkedHybrid
+
+            kw.pop("pool_traces", None)           # chunked rules: Linear→Leaky pairs only
+            return ChunkedHybrid(model, chunk, *args, **kw)
+        return super().__new__(cls)
+
     def __init__(self, model: nn.Module, lam: float | Sequence[float] | Mapping = 0.5,
                  stdp: STDP | None = None, grad: str = "rtrl",
                  layers: Sequence[Pair] | None = None, check: bool = True,
-                 balance: bool = False, pool_traces: str = "exact"):
+                 balance: bool = False, pool_traces: str = "exact", chunk: None = None):
         super().__init__(model)
         if grad not in ("rtrl", "autograd"):
             raise ValueError(f"grad must be 'rtrl' or 'autograd', got {grad!r}")

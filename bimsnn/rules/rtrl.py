@@ -295,6 +295,9 @@ class RTRL(Rule):
         check: structural check that each neuron's input is its connection's output.
         pool_traces: "exact" (per-unit traces when max pooling precedes a neuron) or
             "input" (presynaptic traces, approximate there); see module docstring.
+        chunk: K steps per chunk: returns a :class:`~bimsnn.rules.chunked.ChunkedRTRL`
+            (fused kernels inside a chunk, traces across chunks; the model is driven by
+            ``forward_seq`` chunk by chunk). None (default): the per-step rule.
 
     Example:
         >>> import snntorch as snn
@@ -310,8 +313,15 @@ class RTRL(Rule):
         >>> rule.remove()
     """
 
+    def __new__(cls, model: nn.Module, *args, chunk: int | None = None, **kw):
+        if chunk is not None:
+            from bimsnn.rules.chunked import ChunkedRTRL
+
+            return ChunkedRTRL(model, chunk, *args, **kw)
+        return super().__new__(cls)
+
     def __init__(self, model: nn.Module, layers: Sequence[Pair] | None = None,
-                 check: bool = True, pool_traces: str = "exact"):
+                 check: bool = True, pool_traces: str = "exact", chunk: None = None):
         super().__init__(model)
         taps = self._attach_taps(layers, check)
         try:

@@ -240,6 +240,8 @@ class STDP(Rule):
         bound: "additive" or "soft" (soft bounds [w_min, w_max]).
         normalize: target Σ_j |w_ij| per post unit for :meth:`normalize_`, or None.
         layers, check: pairing override and structural check (see :mod:`bimsnn.rules.base`).
+        chunk: with a model, K steps per chunk: returns a
+            :class:`~bimsnn.rules.chunked.ChunkedSTDP` (the same Ω, computed per chunk).
 
     Plasticity also runs under ``torch.no_grad()`` (not under ``model.eval()``).
     After each sequence ``omegas[k]`` holds Ω of connection k since :meth:`reset` (one per
@@ -248,11 +250,19 @@ class STDP(Rule):
 
     plastic_without_grad = True
 
+    def __new__(cls, model: nn.Module | None = None, *, chunk: int | None = None,
+                layers: Sequence[Pair] | None = None, check: bool = True, **kw):
+        if chunk is not None and model is not None:
+            from bimsnn.rules.chunked import ChunkedSTDP
+
+            return ChunkedSTDP(model, chunk, layers=layers, check=check, **kw)
+        return super().__new__(cls)
+
     def __init__(self, model: nn.Module | None = None, *, A_plus: float = 1e-2,
                  A_minus: float = 1.05e-2, tau_plus: float = 20.0, tau_minus: float = 20.0,
                  bound: str = "additive", w_min: float = -1.0, w_max: float = 1.0,
                  normalize: float | None = None, layers: Sequence[Pair] | None = None,
-                 check: bool = True):
+                 check: bool = True, chunk: int | None = None):
         super().__init__(model)
         if bound not in ("additive", "soft"):
             raise ValueError(f"bound must be 'additive' or 'soft', got {bound!r}")

@@ -32,6 +32,7 @@ from bimsnn.data import LMWindows, Vocab, collate_lm, read_wikitext, write_embed
 from bimsnn.data.text import EOS, tokenize
 from bimsnn.metrics import bits_per_char, perplexity
 from bimsnn.training import CheckpointError, RunError, TrainConfig, distributed, fit
+from bimsnn.training.online import seq_logits
 
 RECIPE = "language_modeling"
 SPLITS = ("train", "valid", "test")
@@ -116,7 +117,7 @@ def lm_eval(model: nn.Module, ds: LMWindows, batch_size: int, char_len: Tensor) 
     idx = list(range(info.rank, len(ds), info.world_size))
     for k in range(0, len(idx), batch_size):
         x, y, _ = collate_lm([ds[i] for i in idx[k:k + batch_size]])  # (T, B) each
-        logits = model.forward_seq(x.to(device))                     # (T, B, V)
+        logits = seq_logits(model, x.to(device))                     # (T, B, V)
         nll += F.cross_entropy(logits.flatten(0, 1), y.flatten().to(device),
                                reduction="sum").item()
         n_tok += y.numel()

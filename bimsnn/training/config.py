@@ -3,8 +3,10 @@
 Training modes (``TrainConfig.rule``), per batch:
     bptt    ``logits = model(x)`` (B, K), one loss, ``loss.backward()`` through all of T.
     rtrl, hybrid
-            online (:mod:`bimsnn.training.online`): the model runs step by step with its
-            state detached between steps and the rule writes ``.grad`` (eq. 4, 7-8).
+            online (:mod:`bimsnn.training.online`): the model runs chunk by chunk
+            (``chunk`` = K steps through its fused kernels, eligibility traces across
+            chunks) or, with ``chunk=None``, step by step; the state handed on is detached
+            and the rule writes ``.grad`` (eq. 4, 7-8).
     stdp    online, unsupervised STDP (eq. 5) on every Linear→Leaky pair, plus the plain
             within-step gradient of the readout only (STDP carries no label signal).
 """
@@ -63,6 +65,11 @@ class TrainConfig:
                          "sequence (λ a share of the update norm; see bimsnn.rules.hybrid)")
     hybrid_grad: str = flag("rtrl", "Hybrid's gradient part: RTRL traces, or the plain "
                             "within-step gradient", ("rtrl", "autograd"))
+    chunk: int | None = flag(None, "online rules: K steps per chunk (fused kernels inside, "
+                             "eligibility traces across; 1 = per step, ≥ T = BPTT); none: "
+                             "the per-step rules through model.step")
+    x_proj_traces: bool = flag(True, "chunked RTRL/Hybrid: exact traces of the SSM's x_proj "
+                               "(O(B·N·E²) each; off: within-chunk credit for those rows)")
     prune: float | None = flag(None, "AdaptivePruning target sparsity ρ (none: no pruning)")
     prune_beta: float = flag(100.0, "AdaptivePruning β (1/weight units) of σ(β(θ − |w|))")
     prune_gamma: float = flag(0.01, "AdaptivePruning γ, threshold adaptation rate")
@@ -96,6 +103,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.lam must lie in [0, 1], got {self.lam}")
         if self.epochs < 0 or self.batch_size < 1 or self.patience < 0:
             raise ValueError("TrainConfig needs epochs >= 0, batch_size >= 1, patience >= 0")
+        if self.chunk is not None and self.chunk < 1:
+            raise ValueError(f"TrainConfig.chunk must be >= 1 or None, got {self.chunk}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"TrainConfig.max_steps must be >= 1 or None, got {self.max_steps}")
 

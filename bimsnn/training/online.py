@@ -10,8 +10,11 @@ A model trained online exposes ``init_state(B)`` and ``step(x_t (B, C), state) -
         logits_t, state = model.step(x[t], state); state = detach(state)
         rule.backward(target.step_loss(t, logits_t))      # None: traces advance, no loss
 
-so each step's backward covers that step only and memory does not grow with T. The
-*target* says what each step is trained on:
+so each step's backward covers that step only and memory does not grow with T. With a
+chunked rule (``TrainConfig.chunk`` = K, :mod:`bimsnn.rules.chunked`) the loop runs over
+chunks instead, ``logits_c, state = model.forward_seq(x[t0:t0 + K], state)`` through the
+fused kernels, and ``rule.backward(target.chunk_loss(t0, logits_c))``: memory O(K).
+The *target* says what each step is trained on:
 
 * :class:`WindowTarget` (one label per sequence): ``loss(logits_t, y) / W`` on the last W
   steps, None before; the objective is the mean per-step loss over the window.
@@ -40,16 +43,20 @@ from bimsnn.state import detach_tree, tree_map
 
 def make_rule(model: nn.Module, cfg):
     """The online rule named by ``cfg.rule`` (a TrainConfig), hooked onto ``model``; None
-    for bptt. Hybrid gets ``lam``, ``balance``, ``grad=hybrid_grad`` and a default STDP()."""
+    for bptt. Hybrid gets ``lam``, ``balance``, ``grad=hybrid_grad`` and a default STDP().
+    With ``cfg.chunk`` and a model that has ``forward_seq``, the chunked rule."""
     if cfg.rule == "bptt":
         return None
     from bimsnn import rules  # lazy: bptt-only users need not import the rules
 
+    chunk = cfg.chunk if callable(getattr(model, "forward_seq", None)) else None
+    traces = {"x_proj_traces": cfg.x_proj_traces} if chunk is not None else {}
     if cfg.rule == "rtrl":
-        return rules.RTRL(model)
+        return rules.RTRL(model, chunk=chunk, **traces)
     if cfg.rule == "stdp":
-        return rules.STDP(model)
-    return rules.Hybrid(model, lam=cfg.lam, balance=cfg.balance, grad=cfg.hybrid_grad)
+        return rules.STDP(model, chunk=chunk)
+    return rules.Hybrid(model, lam=cfg.lam, balance=cfg.balance, grad=cfg.hybrid_grad,
+                        chunk=chunk, **traces)
 
 
 def make_pruner(model: nn.Module, cfg):
@@ -135,6 +142,12 @@ class WindowTarget:
         self.total += loss_t.detach()
         return loss_t
 
+    def chunk_loss(self, t0: int, logits: Tensor) -> Tensor | None:
+        """Σ of the step losses of steps t0 .. t0 + k − 1, logits (k, B, K)."""
+        losses = [self.step_loss(t0 + i, z) for i, z in enumerate(logits)]
+        losses = [v for v in losses if v is not None]
+        return torch.stack(losses).sum() if losses else None
+
     def loss(self) -> Tensor:
         """The objective over the whole sequence (mean per-step loss on the window)."""
         return self.total
@@ -171,6 +184,9 @@ class SequenceTarget:
     def step_loss(self, t: int, logits_t: Tensor) -> Tensor:
         return (self.g[t] * logits_t).sum()
 
+    def chunk_loss(self, t0: int, logits: Tensor) -> Tensor:
+        return (self.g[t0:t0 + logits.shape[0]] * logits).sum()
+
     def loss(self) -> Tensor:
         return self._loss
 
@@ -201,14 +217,20 @@ def online_pass(model: nn.Module, rule, x: Tensor, target,
     target.begin(model, x)
     rule.reset(B)
     state = tree_map(lambda t: t.to(x.device), model.init_state(B))
-    for t in range(T):
-        logits_t, state = model.step(x[t], state)
-        state = detach_tree(state)  # online: no graph from step t into t+1
-        loss_t = target.step_loss(t, logits_t)
+    K = getattr(rule, "chunk", None)                 # chunked rule: K steps at a time
+    for t0 in range(0, T, K or 1):
+        if K is None:
+            logits_t, state = model.step(x[t0], state)
+            loss = target.step_loss(t0, logits_t)
+        else:
+            out = model.forward_seq(x[t0:t0 + K], state)
+            logits, state = out if isinstance(out, tuple) else (out, None)
+            loss = target.chunk_loss(t0, logits)
+        state = detach_tree(state)  # online: no graph from one step (chunk) into the next
         if head is None:
-            rule.backward(loss_t)
+            rule.backward(loss)
         else:
             rule.backward(None)
-            if loss_t is not None:
-                _add_head_grads(head, loss_t)
+            if loss is not None:
+                _add_head_grads(head, loss)
     return target.loss().detach()
