@@ -142,6 +142,7 @@ def test_graph_bytes_grow_with_T_for_bptt_only():
     assert len(ax.get_lines()) == 2
 
 
+@pytest.mark.slow
 def test_measure_in_fresh_subprocess():
     rec = measure("rtrl", 20, MemoryConfig(width=8, batch=1))
     assert rec["method"] == "rtrl" and rec["T"] == 20

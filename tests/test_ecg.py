@@ -179,6 +179,7 @@ def test_ptbxl_rejects_bad_scp_codes(tmp_path):
     assert labels.tolist() == [[], ["NORM"]]
 
 
+@pytest.mark.slow
 def test_demo_ptbxl_loads_and_is_learnable(tmp_path):
     root = write_demo(tmp_path / "ptbxl", n_records=60, seed=0)
     marker = root / ".bimsnn_demo.json"

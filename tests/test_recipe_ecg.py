@@ -82,6 +82,7 @@ def test_ptbxl_demo_smoke_and_eval_only(ecg, ptbxl_dir, tmp_path):
                   str(ptbxl_dir), "--records", "100", "--out", str(tmp_path / "ev2")])
 
 
+@pytest.mark.slow
 def test_another_recipes_model_pt_is_refused_naming_the_file(ecg, ptbxl_dir, tmp_path):
     spec = models.spec("cnn", n_inputs=2, n_classes=2, channels=[4])
     bad = tmp_path / "seizure_model.pt"
@@ -96,6 +97,7 @@ def test_another_recipes_model_pt_is_refused_naming_the_file(ecg, ptbxl_dir, tmp
     assert proc.returncode == 2 and len(lines) == 1 and "seizure_model.pt" in lines[0]
 
 
+@pytest.mark.slow
 def test_bad_input_is_one_line_with_exit_status_2(ecg, tmp_path):
     (tmp_path / "empty").mkdir()
     for args, where in ((["--dataset", "mitbih", "--data-dir", str(tmp_path / "empty")],
@@ -181,6 +183,7 @@ def test_mitbih_smoke(ecg, shared_data, tmp_path):
     models.load(tmp_path / "model.pt")
 
 
+@pytest.mark.slow
 def test_mitbih_records_classes_then_eval_only_on_other_records(ecg, shared_data, tmp_path):
     data = str(shared_data / "ecg")
     with pytest.warns(DataWarning, match=r"2 beats of classes \{'S': 2\}"):

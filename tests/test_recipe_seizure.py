@@ -76,6 +76,7 @@ def test_smoke_writes_every_output(sz, eeg_dir, tmp_path):
     assert ck["recipe"] == "seizure_detection" and task.pre_from_checkpoint(ck, "m").sfreq == 32
 
 
+@pytest.mark.slow
 def test_no_recording_on_two_sides(sz, eeg_dir, tmp_path):
     res = run_sz(sz, eeg_dir, tmp_path / "run", "--model", "snn", "--rule", "rtrl")
     parts = {k: set(v) for k, v in res["split"].items()}
@@ -88,6 +89,7 @@ def test_no_recording_on_two_sides(sz, eeg_dir, tmp_path):
     assert not any(r.startswith("chb02/") for r in names["train"] + names["val"])
 
 
+@pytest.mark.slow
 def test_resume_equals_uninterrupted(sz, eeg_dir, tmp_path):
     args = ["--epochs", "2", "--seed", "3"]
     full = run_sz(sz, eeg_dir, tmp_path / "full", *args)
@@ -108,6 +110,7 @@ def _metrics_without_timing(path: Path) -> dict:
     return {k: m[k] for k in ("auc_roc", "auc_pr", "threshold", "window")}
 
 
+@pytest.mark.slow
 def test_sigint_mid_epoch_then_resume_is_exact(eeg_dir, tmp_path):
     """Ctrl-C to a running recipe: it ends the batch, writes a mid-epoch ckpt.pt, says how
     to resume in one line and exits 130; --resume then gives the uninterrupted result."""
@@ -136,6 +139,7 @@ def test_sigint_mid_epoch_then_resume_is_exact(eeg_dir, tmp_path):
         tmp_path / "full" / "metrics.json")
 
 
+@pytest.mark.slow
 def test_bad_input_is_one_line_with_exit_status_2(eeg_dir, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(eeg_dir, data)
@@ -150,6 +154,7 @@ def test_bad_input_is_one_line_with_exit_status_2(eeg_dir, tmp_path):
     assert len(lines) == 1 and lines[0].startswith("error: ") and "chb02_02.edf" in lines[0]
 
 
+@pytest.mark.slow
 def test_corrupt_edf_is_a_data_error_and_keeps_the_checkpoint(sz, eeg_dir, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(eeg_dir, data)
@@ -174,6 +179,7 @@ def test_unwritable_out_fails_before_loading_data(sz, tmp_path):
     assert time.perf_counter() - t0 < 5
 
 
+@pytest.mark.slow
 def test_eval_only_on_new_recordings(sz, eeg_dir, tmp_path):
     trained = run_sz(sz, eeg_dir, tmp_path / "run")
     new = demo.chbmit(tmp_path / "new", n_patients=1, seed=7, files_per_patient=2,
@@ -190,6 +196,7 @@ def test_eval_only_on_new_recordings(sz, eeg_dir, tmp_path):
     assert again["auc_roc"] == ev["auc_roc"] and again["window"] == ev["window"]
 
 
+@pytest.mark.slow
 def test_eval_only_with_a_nan_model_is_refused(sz, eeg_dir, tmp_path):
     run_sz(sz, eeg_dir, tmp_path / "run")
     model, ck = models.load(tmp_path / "run" / "model.pt")
@@ -268,6 +275,7 @@ def test_dataset_defaults_and_explicit_flags():
         task.resolve_pre("bonn", sfreq="fast")
 
 
+@pytest.mark.slow
 def test_skipped_files_are_reported_and_strict_makes_them_errors(sz, eeg_dir, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(eeg_dir, data)

@@ -81,6 +81,7 @@ def _other_model(path, recipe: str):
 
 
 # ---------------------------------------------------------------------------- keyword spotting
+@pytest.mark.slow
 def test_kws_default_output_reloads_and_eval_only_scores_every_file(recipe, home):
     kws = recipe("keyword_spotting")
     res = kws.main(TINY_KWS)
@@ -116,6 +117,7 @@ def test_kws_default_output_reloads_and_eval_only_scores_every_file(recipe, home
     assert every["n_test"] == 300 and every["data"]["split"] == "all"
 
 
+@pytest.mark.slow
 def test_kws_short_audio_is_one_line_with_exit_status_2(tmp_path):
     root = kws_task.write_synthetic_fsdd(tmp_path / "fsdd", speakers=("ann",), takes=6)
     sf.write(root / "recordings" / "3_ann_5.wav", np.zeros(100, dtype=np.float32), 8000)
@@ -180,6 +182,7 @@ def test_another_recipes_model_is_a_checkpoint_error_naming_it(recipe, tmp_path,
                            str(tmp_path / "ev"), "--no-progress"])
 
 
+@pytest.mark.slow
 def test_asr_with_a_kws_model_is_one_line_with_exit_status_2(tmp_path):
     path = _other_model(tmp_path / "kws_model.pt", "keyword_spotting")
     _one_line_error([str(repo_root() / "recipes" / "speech_recognition.py"), "--eval-only",
@@ -276,6 +279,7 @@ def test_lm_resume_after_max_steps_equals_uninterrupted(recipe, tmp_path):
         assert torch.equal(v, b.state_dict()[k]), k
 
 
+@pytest.mark.slow
 def test_lm_missing_split_is_one_line_with_exit_status_2(tmp_path):
     data = tmp_path / "wt"
     data.mkdir()

@@ -265,6 +265,7 @@ def test_data_error_from_a_worker_process_is_still_a_data_error():
         fit(StepNet(), BadItem(n=8), None, cfg_for(epochs=1, num_workers=1))
 
 
+@pytest.mark.slow
 def test_early_stopping_on_patience():
     torch.manual_seed(0)
     hist = fit(StepNet(), Synth(n=16), Synth(n=8, seed=1),
