@@ -46,7 +46,6 @@ from bimsnn.tasks import speech as task
 from bimsnn.tasks.common import peak_rss_mb, run_dir, stopped_at_max_steps
 from bimsnn.training import (
     RunConfig,
-    TrainConfig,
     check_out_dir,
     distributed,
     flag,
@@ -83,13 +82,9 @@ class KWSConfig(RunConfig):
     max_items: int | None = flag(None, "cap per split (quick runs)")
 
 
-TRAIN = TrainConfig(epochs=20, batch_size=32, lr=3e-3, weight_decay=0.01, balance=True,
-                    hybrid_grad="autograd")
-
-
 def main(argv: list[str] | None = None) -> dict:
     t_start = time.perf_counter()
-    cfg, tc = parse_config(KWSConfig(), TRAIN, argv=argv, description=__doc__)
+    cfg, tc = parse_config(KWSConfig(), task.DEFAULT_TRAIN, argv=argv, description=__doc__)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(cfg.threads)
     dist, device = distributed.setup(tc.device)

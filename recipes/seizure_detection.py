@@ -28,7 +28,6 @@ from bimsnn.paths import repo_root
 from bimsnn.tasks import seizure as task
 from bimsnn.tasks.common import (
     SPIKING,
-    ModelConfig,
     model_spec,
     peak_rss_mb,
     run_dir,
@@ -45,6 +44,7 @@ from bimsnn.training import (
     flag,
     main_guard,
     parse_config,
+    peek_flag,
 )
 
 
@@ -74,15 +74,11 @@ class SeizureConfig(RunConfig):
     smooth_k: int = flag(2, "alarm when k consecutive windows score >= threshold")
 
 
-# Defaults sized for the demo: ~0.5 min of training on 2 quiet cores.
-TRAIN = TrainConfig(epochs=8, batch_size=64, lr=5e-3, rule="hybrid", lam=0.9, task="binary",
-                    loss_window=1.0, grad_clip=1.0)
-MODEL = ModelConfig(model="spiking_mamba", d_model=16, d_state=8)
-
-
 def main(argv: list[str] | None = None) -> dict:
     t_start = time.perf_counter()
-    cfg, mc, tc = parse_config(SeizureConfig(), MODEL, TRAIN, argv=argv, description=__doc__)
+    train = task.default_train(peek_flag(argv, "dataset", SeizureConfig.dataset))
+    cfg, mc, tc = parse_config(SeizureConfig(), task.DEFAULT_MODEL, train, argv=argv,
+                               description=__doc__)
     torch.set_num_threads(cfg.threads)
     dist, _ = distributed.setup(tc.device)
     out = run_dir(tc.out_dir, "seizure_detection" + ("_eval" if cfg.eval_only else ""))

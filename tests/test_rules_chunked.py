@@ -80,7 +80,8 @@ def test_chunk1_and_chunkT_stdp_equal_step_rule(name, bound):
 
 
 HYBRID_CASES = {"float": dict(lam=0.3), "per_pair": "per_pair",
-                "balance": dict(lam=0.6, balance=True)}
+                "balance": dict(lam=0.6, balance=True),
+                "element": dict(lam=0.6, balance="element")}
 
 
 @pytest.mark.parametrize("name", ["mamba2", "leaky_subtract"])

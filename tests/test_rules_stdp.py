@@ -206,6 +206,24 @@ def test_hybrid_balance_rescales_stdp_to_gradient_norm(lam):
     assert torch.allclose(net[0].weight.grad, h["0.weight"], rtol=1e-6, atol=1e-10)
 
 
+@pytest.mark.parametrize("lam", [0.3, 0.9])
+def test_hybrid_element_balance_bounds_each_weight_by_its_own_gradient(lam):
+    """balance="element": .grad = λG − (1 − λ)|G| ⊙ Ω/max|Ω|: no weight's STDP term exceeds
+    (1 − λ)/λ of its own gradient term, and a weight without gradient gets none."""
+    g, (omega,) = _rtrl_and_omega(5)
+    net = _net(5)
+    with Hybrid(net, lam=lam, stdp=STDP(**KW), balance="element") as rule:
+        _run(net, _spikes(3), rule, _loss)
+    h = _grads(net)
+    G = g["0.weight"]
+    want = lam * G - (1 - lam) * G.abs() * omega / omega.abs().max()
+    assert torch.allclose(h["0.weight"], want, rtol=1e-6, atol=1e-12)
+    stdp_part = h["0.weight"] - lam * G
+    assert (stdp_part.abs() <= (1 - lam) * G.abs() * (1 + 1e-5) + 1e-12).all()   # float32
+    assert stdp_part.abs().max() > 0
+    assert torch.allclose(h["0.bias"], lam * g["0.bias"], rtol=1e-6, atol=1e-10)
+
+
 def test_hybrid_balance_resets_between_sequences():
     """Two sequences accumulate two independently balanced terms into .grad."""
     net = _net(5)

@@ -75,6 +75,7 @@ from bimsnn.rules.chunked_layers import (
     StateDetacher,
 )
 from bimsnn.rules.chunked_ssm import SSMChunkRTRL
+from bimsnn.rules.hybrid import balance_mode, balanced_stdp
 from bimsnn.rules.ssm_rtrl import is_selective_ssm
 from bimsnn.rules.stdp import STDP
 from bimsnn.state import detach_tree
@@ -284,13 +285,14 @@ class ChunkedHybrid(ChunkedRule):
         lam: λ, a float, per-pair sequence, or {module: λ} (semantics of ``Hybrid``).
         stdp: an :class:`STDP` configuration (default ``STDP()``).
         grad: "rtrl" (chunked traces) or "autograd" (within-chunk gradient, no traces).
-        balance: STDP term rescaled to (1 − λ)·‖G‖·Ω/‖Ω‖ per pair weight and sequence,
+        balance: as :class:`~bimsnn.rules.Hybrid` (False, True/"norm", "element"): e.g. the
+            STDP term rescaled to (1 − λ)·‖G‖·Ω/‖Ω‖ per pair weight and sequence,
             G = Σ ∂L/∂W since reset, re-written after every chunk.
     """
 
     def __init__(self, model: nn.Module, chunk: int,
                  lam: float | Sequence[float] | Mapping = 0.5, stdp: STDP | None = None,
-                 grad: str = "rtrl", balance: bool = False,
+                 grad: str = "rtrl", balance: bool | str = False,
                  layers: Sequence[Pair] | None = None, check: bool = True,
                  x_proj_traces: bool = True):
         super().__init__(model, chunk)
@@ -305,7 +307,7 @@ class ChunkedHybrid(ChunkedRule):
                 self.grad_handlers += self._ssm_handlers(x_proj_traces)
             self.stdp_layers = [ChunkSTDPLayer(t, self.stdp) for t in taps if t.fc is not None]
             self._set_lam(lam)
-            self.balance = bool(balance)
+            self.balance = balance_mode(balance)
             if self.balance:
                 if min(self.pair_lam, default=1.0) <= 0.0:
                     raise ValueError("balance=True needs λ > 0 on every pair: ‖G‖ is read "
@@ -383,9 +385,9 @@ class ChunkedHybrid(ChunkedRule):
             if w.grad is not None:
                 self._G[k] += w.grad if g0 is None else w.grad - g0
             lam = self.pair_lam[k]
-            n_omega = h.omega.norm()
-            if lam >= 1.0 or n_omega == 0:
+            target = None if lam >= 1.0 else balanced_stdp(self._G[k], h.omega, lam,
+                                                              self.balance)
+            if target is None:
                 continue
-            target = h.omega * (-(1.0 - lam) / lam * self._G[k].norm() / n_omega)
             accumulate_grad(w, target - self._S[k])
             self._S[k].copy_(target)

@@ -50,6 +50,39 @@ from bimsnn.rules.base import Pair, Rule, accumulate_grad
 from bimsnn.rules.rtrl import LayerRTRL, _ssm_handlers
 from bimsnn.rules.stdp import STDP
 
+BALANCE = ("norm", "element")
+
+
+def balance_mode(balance) -> str | None:
+    """``balance`` argument → None (off: eq. 4 literally), "norm" (True) or "element"."""
+    if balance in (False, None, "off", "none"):
+        return None
+    mode = "norm" if balance is True else balance
+    if mode not in BALANCE:
+        raise ValueError(f"balance must be False, True, 'norm' or 'element', got {balance!r}")
+    return mode
+
+
+@torch.no_grad()
+def balanced_stdp(G: Tensor, omega: Tensor, lam: float, mode: str) -> Tensor | None:
+    """The STDP part of ``.grad`` under ``balance`` for one weight (eq. 4 with λ a share).
+
+    Args:
+        G: λ·Σ_t ∂L_t/∂W so far this sequence. omega: Ω so far (eq. 5). lam: λ ∈ (0, 1).
+        mode: "norm": −(1 − λ)/λ·‖G‖·Ω/‖Ω‖, the STDP term has norm (1 − λ)·‖∂L/∂W‖;
+            "element": −(1 − λ)/λ·|G| ⊙ Ω/max|Ω|, every weight's STDP term is at most
+            (1 − λ)/λ of its own gradient term, in proportion to its Ω: under an adaptive
+            optimizer (Adam) a weight with no gradient gets no STDP step either, so a
+            sign-stable Ω cannot drive full-size steps where the loss is silent.
+    Returns:
+        the target (shape of W), or None where Ω is zero.
+    """
+    if mode == "norm":
+        n = omega.norm()
+        return None if n == 0 else omega * (-(1.0 - lam) / lam * G.norm() / n)
+    m = omega.abs().max()
+    return None if m == 0 else G.abs() * omega * (-(1.0 - lam) / lam / m)
+
 
 def _check_lam(v: float) -> float:
     v = float(v)
@@ -70,8 +103,10 @@ class Hybrid(Rule):
         grad: "rtrl" or "autograd".
         chunk: K steps per chunk: returns a :class:`~bimsnn.rules.chunked.ChunkedHybrid`
             (same λ, STDP and ``balance`` semantics, written after every chunk).
-        balance: rescale the STDP term to (1 − λ)·‖G‖ per pair weight and sequence
-            (see the module docstring); the default False is eq. 4 literally.
+        balance: False (eq. 4 literally), True or "norm" (the STDP term rescaled to
+            (1 − λ)·‖G‖ per pair weight and sequence, see the module docstring) or
+            "element" (per weight element: at most (1 − λ)/λ of that weight's own
+            gradient term; :func:`balanced_stdp`).
         layers, check: pairing override and structural check (see :mod:`bimsnn.rules.base`).
         pool_traces: RTRL's trace layout with max pooling before a neuron (see
             :mod:`bimsnn.rules.rtrl`).
@@ -109,7 +144,7 @@ class Hybrid(Rule):
             self.stdp, self.grad = stdp, grad
             self.stdp_layers = stdp.bind(taps)
             self._set_lam(lam)
-            self.balance = bool(balance)
+            self.balance = balance_mode(balance)
             if self.balance:
                 if min(self.layer_lam, default=1.0) <= 0.0:
                     raise ValueError("balance=True needs λ > 0 on every pair: ‖G‖ is read "
@@ -203,9 +238,9 @@ class Hybrid(Rule):
             if w.grad is not None:
                 self._G[k] += w.grad if g0 is None else w.grad - g0
             lam = self.layer_lam[k]
-            n_omega = h.omega.norm()
-            if lam >= 1.0 or n_omega == 0:
+            target = None if lam >= 1.0 else balanced_stdp(self._G[k], h.omega, lam,
+                                                              self.balance)
+            if target is None:
                 continue
-            target = h.omega * (-(1.0 - lam) / lam * self._G[k].norm() / n_omega)
             accumulate_grad(w, target - self._S[k])
             self._S[k].copy_(target)

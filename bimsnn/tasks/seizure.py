@@ -26,7 +26,7 @@ from bimsnn.data.windows import WindowSet, materialize, recording_windows, split
 from bimsnn.encoding import ADMEncoder, DeltaEncoder, FilterbankADMEncoder
 from bimsnn.metrics import classification_metrics, clinical_metrics, f1_threshold, score_problem
 from bimsnn.plots import plot_rasters
-from bimsnn.tasks.common import SPIKING, fmt, md_table, plot_roc_and_pr
+from bimsnn.tasks.common import SPIKING, ModelConfig, fmt, md_table, plot_roc_and_pr
 from bimsnn.training import CheckpointError, TrainConfig, distributed, evaluate, write_json
 
 NAN = float("nan")
@@ -62,6 +62,22 @@ DATASET_DEFAULTS = {
     "bonn": dict(sfreq=None, l_freq=0.5, h_freq=40.0, encoder="filterbank",
                  spike_threshold=0.15, normalize=None),
 }
+
+
+# Training defaults (the recipe's, and benchmarks/online_speed.py's): the spiking Mamba
+# learns online with Hybrid (eq. 4), λ = 0.9 as a share of the update norm (``balance``:
+# the STDP term is (1 − λ)·‖∂L/∂w‖ per weight and sequence, whatever A± and the optimizer),
+# in chunks of 16 steps (fused kernels inside a chunk, eligibility traces across; 4 s
+# windows are 128 steps on the demo, 31 filterbank frames on Bonn). Measured choices:
+# benchmarks/RESULTS.md.
+def default_train(dataset: str) -> TrainConfig:
+    """The recipe's TrainConfig for ``dataset`` (demo | chbmit | bonn)."""
+    return TrainConfig(epochs=8 if dataset == "demo" else 16, batch_size=64, lr=5e-3,
+                       rule="hybrid", lam=0.9, balance=True, chunk=16, task="binary",
+                       loss_window=1.0, grad_clip=1.0)
+
+
+DEFAULT_MODEL = ModelConfig(model="spiking_mamba", d_model=16, d_state=8)
 
 
 def resolve_pre(dataset: str, **flags) -> SeizurePre:

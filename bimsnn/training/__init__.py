@@ -13,7 +13,14 @@ from bimsnn.training.checkpoint import (
     load_checkpoint,
     write_json,
 )
-from bimsnn.training.cli import RunConfig, RunError, check_out_dir, main_guard, parse_config
+from bimsnn.training.cli import (
+    RunConfig,
+    RunError,
+    check_out_dir,
+    main_guard,
+    parse_config,
+    peek_flag,
+)
 from bimsnn.training.config import TrainConfig, flag
 from bimsnn.training.fit import (
     class_weighted_ce,
@@ -37,5 +44,5 @@ __all__ = [
     "TrainingInterrupted", "WindowTarget", "atomic_torch_save", "atomic_write_bytes",
     "check_out_dir", "class_weighted_ce", "collate", "evaluate", "fit", "flag",
     "load_checkpoint", "main_guard", "make_pruner", "make_rule", "online_pass",
-    "parse_config", "task_loss", "task_scores", "write_json",
+    "parse_config", "peek_flag", "task_loss", "task_scores", "write_json",
 ]

@@ -159,6 +159,23 @@ class RunConfig:
     debug: bool = flag(False, "show the full traceback of an error")
 
 
+def peek_flag(argv: list[str] | None, name: str, default: str) -> str:
+    """The value given to ``--name`` (or ``--name=value``) in ``argv`` (``sys.argv[1:]``
+    when None), before full parsing: recipes pick per-dataset defaults with it, which the
+    other flags then override. ``default`` when absent.
+
+    >>> peek_flag(["--epochs", "3", "--dataset", "bonn"], "dataset", "demo")
+    'bonn'
+    """
+    args = sys.argv[1:] if argv is None else argv
+    names = {f"--{name}", f"--{name.replace('_', '-')}"}
+    for i, a in enumerate(args):
+        key, eq, val = a.partition("=")
+        if key in names:
+            return val if eq else (args[i + 1] if i + 1 < len(args) else default)
+    return default
+
+
 class RunError(Exception):
     """A problem with a recipe's run itself (output folder, flags): one line, exit 2."""
 

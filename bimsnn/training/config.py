@@ -61,8 +61,11 @@ class TrainConfig:
     weight_decay: float = flag(0.0, "AdamW weight decay")
     rule: str = flag("bptt", "learning rule (see bimsnn.training.config)", RULES)
     lam: float = flag(0.5, "Hybrid λ: grad = λ·∂L/∂w − (1−λ)·Ω")
-    balance: bool = flag(False, "Hybrid: STDP term scaled to (1−λ)·‖∂L/∂w‖ per weight and "
-                         "sequence (λ a share of the update norm; see bimsnn.rules.hybrid)")
+    balance: str = flag("off", "Hybrid: λ as a share of the update: norm (STDP term scaled "
+                        "to (1−λ)·‖∂L/∂w‖ per weight tensor and sequence), element (per "
+                        "weight: at most (1−λ)/λ of its own gradient), off (eq. 4 literally)",
+                        ("off", "norm", "element"))
+    stdp_amp: float = flag(1e-2, "STDP / Hybrid: LTP amplitude A+ of eq. 6 (A− = 1.05·A+)")
     hybrid_grad: str = flag("rtrl", "Hybrid's gradient part: RTRL traces, or the plain "
                             "within-step gradient", ("rtrl", "autograd"))
     chunk: int | None = flag(None, "online rules: K steps per chunk (fused kernels inside, "
@@ -91,6 +94,8 @@ class TrainConfig:
     plots: bool = flag(True, "write curves.png at the end (rank 0, needs out_dir)")
 
     def __post_init__(self):
+        if isinstance(self.balance, bool):          # the former on/off flag
+            self.balance = "norm" if self.balance else "off"
         check_choices(self)
         if self.monitor != "loss" and self.monitor not in METRICS_BY_TASK[self.task]:
             raise ValueError(f"TrainConfig.metric {self.metric!r} is not computed for task "

@@ -51,12 +51,13 @@ def make_rule(model: nn.Module, cfg):
 
     chunk = cfg.chunk if callable(getattr(model, "forward_seq", None)) else None
     traces = {"x_proj_traces": cfg.x_proj_traces} if chunk is not None else {}
+    amp = {"A_plus": cfg.stdp_amp, "A_minus": 1.05 * cfg.stdp_amp}
     if cfg.rule == "rtrl":
         return rules.RTRL(model, chunk=chunk, **traces)
     if cfg.rule == "stdp":
-        return rules.STDP(model, chunk=chunk)
+        return rules.STDP(model, chunk=chunk, **amp)
     return rules.Hybrid(model, lam=cfg.lam, balance=cfg.balance, grad=cfg.hybrid_grad,
-                        chunk=chunk, **traces)
+                        stdp=rules.STDP(**amp), chunk=chunk, **traces)
 
 
 def make_pruner(model: nn.Module, cfg):
