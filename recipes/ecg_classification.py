@@ -9,7 +9,7 @@
         --data-dir ../shared/data/ecg --records 100               # every beat of record 100
 
 Pipeline (bimsnn.tasks.ecg): signal (mV) → resample to --sfreq → ADM spikes per item →
-model. PTB-XL (and the demo): superdiagnostic classes, multilabel, folds 1–8 / 9 / 10,
+model, trained online by Hybrid in chunks of 16 steps (per-dataset defaults: tasks.ecg). PTB-XL (and the demo): superdiagnostic classes, multilabel, folds 1–8 / 9 / 10,
 macro AUC. MIT-BIH: AAMI beat classes (or the --classes subset; beats of the others are
 left out and counted), multiclass, time split within records (or whole records), macro-F1
 and accuracy. Validation picks the best epoch; the test split is scored once. The demo
@@ -32,7 +32,6 @@ from bimsnn import models
 from bimsnn.tasks import ecg as task
 from bimsnn.tasks.common import (
     SPIKING,
-    ModelConfig,
     model_spec,
     peak_rss_mb,
     run_dir,
@@ -49,6 +48,7 @@ from bimsnn.training import (
     flag,
     main_guard,
     parse_config,
+    peek_flag,
 )
 
 
@@ -63,25 +63,24 @@ class ECGConfig(RunConfig):
                                      "the others are left out and counted; default: all 5)")
     sfreq: int | None = flag(None, "resample to this rate (Hz) = steps per second "
                              "(none: 25 for PTB-XL records, 90 for MIT-BIH beats)")
-    lead: list[str] = flag(["0"], "mitbih: signal indices or names kept (e.g. 0, or MLII)")
+    lead: list[str] = flag(["auto"], "mitbih: signal indices or names kept (e.g. 0 1, or "
+                           "MLII); auto: both leads")
     split: str = flag("time", "mitbih: time-ordered within records, or whole records",
                       ("time", "record"))
-    encoder: str = flag("adm", "spike encoder: adm (level crossing) | delta | multi_adm (ADM "
-                        "at θ, 3θ, 10θ side by side: P/T detail and steep QRS)",
-                        ("adm", "delta", "multi_adm"))
-    spike_threshold: float = flag(0.05, "encoder threshold (mV)")
+    encoder: str = flag("auto", "spike encoder: adm (level crossing) | delta | multi_adm "
+                        "(ADM at θ, 3θ, 10θ side by side: P/T detail and steep QRS); auto: "
+                        "multi_adm for MIT-BIH, adm for PTB-XL",
+                        ("auto", "adm", "delta", "multi_adm"))
+    spike_threshold: float | str = flag("auto", "encoder threshold θ (mV); auto: 0.03 for "
+                                        "MIT-BIH, 0.05 for PTB-XL")
     limit: int | None = flag(None, "at most this many items per split (evenly spaced; smoke runs)")
-
-
-TRAIN = TrainConfig(epochs=10, batch_size=32, lr=5e-3, rule="hybrid", lam=0.9,
-                    task="multilabel", loss_window=1.0, grad_clip=1.0)
-# The BPTT baselines cost ~1 s per epoch here, so they get more epochs (they need them).
-MODEL = ModelConfig(model="spiking_mamba", d_model=16, d_state=8, compare_epochs=30)
 
 
 def main(argv: list[str] | None = None) -> dict:
     t_start = time.perf_counter()
-    cfg, mc, tc = parse_config(ECGConfig(), MODEL, TRAIN, argv=argv, description=__doc__)
+    dataset = peek_flag(argv, "dataset", ECGConfig.dataset)
+    cfg, mc, tc = parse_config(ECGConfig(), task.default_model(dataset),
+                               task.default_train(dataset), argv=argv, description=__doc__)
     torch.set_num_threads(cfg.threads)
     dist, _ = distributed.setup(tc.device)
     out = check_out_dir(run_dir(tc.out_dir, task.RECIPE + ("_eval" if cfg.eval_only else "")))
@@ -94,8 +93,8 @@ def main(argv: list[str] | None = None) -> dict:
     kind = "mitbih" if cfg.dataset == "mitbih" else "ptbxl"
     check_mitbih_flags(cfg, kind)
     pre = task.ECGPre(kind=kind, sfreq=cfg.sfreq or {"mitbih": 90, "ptbxl": 25}[kind],
-                      lead=task.lead_spec(cfg.lead), encoder=cfg.encoder,
-                      spike_threshold=cfg.spike_threshold,
+                      **task.resolve_flags(cfg.dataset, cfg.lead, cfg.encoder,
+                                           cfg.spike_threshold),
                       task="multiclass" if kind == "mitbih" else "multilabel",
                       classes=task.aami_subset(cfg.classes) if kind == "mitbih" else ())
     tc = replace(tc, out_dir=str(out), task=pre.task,

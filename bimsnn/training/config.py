@@ -59,6 +59,8 @@ class TrainConfig:
     batch_size: int = flag(32, "per process (the global batch is batch_size·world_size)")
     lr: float = flag(1e-3, "AdamW learning rate")
     weight_decay: float = flag(0.0, "AdamW weight decay")
+    schedule: str = flag("constant", "learning rate over the epochs: constant, or cosine "
+                         "decay to 5 % of --lr", ("constant", "cosine"))
     rule: str = flag("bptt", "learning rule (see bimsnn.training.config)", RULES)
     lam: float = flag(0.5, "Hybrid λ: grad = λ·∂L/∂w − (1−λ)·Ω")
     balance: str = flag("off", "Hybrid: λ as a share of the update: norm (STDP term scaled "

@@ -155,8 +155,8 @@ def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset | None = None,
             is better except for "loss").
         rule: factory ``model -> Rule`` overriding :func:`make_rule` (hooks are attached
             for each epoch's training and removed before validation).
-        optimizer / scheduler / pruner: default AdamW(lr, weight_decay) / none /
-            :func:`make_pruner`. A scheduler steps once per epoch (ReduceLROnPlateau gets
+        optimizer / scheduler / pruner: default AdamW(lr, weight_decay) / ``cfg.schedule``
+            (none, or cosine decay over the epochs) / :func:`make_pruner`. A scheduler steps once per epoch (ReduceLROnPlateau gets
             the monitored value). Their ``state_dict`` s are checkpointed.
     Returns:
         history: one dict per epoch (epoch, train_loss, lr, val_<metric>..., seconds). Ends
@@ -203,6 +203,9 @@ def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset | None = None,
         _ddp.broadcast_module(model)
         opt = optimizer or torch.optim.AdamW(model.parameters(), lr=cfg.lr,
                                              weight_decay=cfg.weight_decay)
+        if scheduler is None and cfg.schedule == "cosine":
+            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+                opt, T_max=max(cfg.epochs, 1), eta_min=0.05 * opt.param_groups[0]["lr"])
         own_pruner = pruner is None and cfg.prune is not None
         pruner = make_pruner(model, cfg) if own_pruner else pruner
         if pruner is not None and cfg.out_dir and not hasattr(pruner, "state_dict"):
