@@ -65,15 +65,15 @@ DATASET_DEFAULTS = {
 
 
 # Training defaults (the recipe's, and benchmarks/online_speed.py's): the spiking Mamba
-# learns online with Hybrid (eq. 4), λ = 0.9 as a share of the update norm (``balance``:
-# the STDP term is (1 − λ)·‖∂L/∂w‖ per weight and sequence, whatever A± and the optimizer),
-# in chunks of 16 steps (fused kernels inside a chunk, eligibility traces across; 4 s
+# learns online with Hybrid (eq. 4), λ = 0.9 as each weight's share of its update
+# (``balance="element"``: a weight's STDP term is at most 1/9 of its own gradient term,
+# whatever A± and the optimizer, so Adam cannot amplify a sign-stable Ω), in chunks of 16 steps (fused kernels inside a chunk, eligibility traces across; 4 s
 # windows are 128 steps on the demo, 31 filterbank frames on Bonn). Measured choices:
 # benchmarks/RESULTS.md.
 def default_train(dataset: str) -> TrainConfig:
     """The recipe's TrainConfig for ``dataset`` (demo | chbmit | bonn)."""
     return TrainConfig(epochs=8 if dataset == "demo" else 16, batch_size=64, lr=5e-3,
-                       rule="hybrid", lam=0.9, balance=True, chunk=16, task="binary",
+                       rule="hybrid", lam=0.9, balance="element", chunk=16, task="binary",
                        loss_window=1.0, grad_clip=1.0)
 
 

@@ -215,10 +215,10 @@ def spike_sets(parts: dict, pre: KWSPre, augment: bool = True,
 
 # ---------------------------------------------------------------------------- model, training
 # The recipe's training defaults (and benchmarks/online_speed.py's). BPTT by default; the
-# online rules (--rule rtrl | hybrid) run in chunks of 16 steps (64-frame clips: 4 chunks)
-# with Hybrid's λ a share of the update norm (balance).
-DEFAULT_TRAIN = TrainConfig(epochs=20, batch_size=32, lr=3e-3, weight_decay=0.01,
-                            balance=True, chunk=16)
+# online rules (--rule rtrl | hybrid) run in chunks of 16 steps (64-frame clips: 4 chunks);
+# Hybrid's λ = 0.9 is each weight's share of its update (balance="element").
+DEFAULT_TRAIN = TrainConfig(epochs=20, batch_size=32, lr=3e-3, weight_decay=0.01, lam=0.9,
+                            balance="element", chunk=16)
 
 
 def kws_spec(n_inputs: int, n_classes: int, *, d_model: int = 64, n_layers: int = 1,
