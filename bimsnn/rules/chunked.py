@@ -67,7 +67,7 @@ import snntorch as snn
 import torch
 from torch import Tensor, nn
 
-from bimsnn.rules.base import Pair, Rule, accumulate_grad, find_pairs
+from bimsnn.rules.base import Pair, Rule, find_pairs
 from bimsnn.rules.chunked_layers import (
     ChunkSTDPLayer,
     LeakyChunkRTRL,
@@ -75,7 +75,7 @@ from bimsnn.rules.chunked_layers import (
     StateDetacher,
 )
 from bimsnn.rules.chunked_ssm import SSMChunkRTRL
-from bimsnn.rules.hybrid import balance_mode, balanced_stdp
+from bimsnn.rules.hybrid import LambdaMix
 from bimsnn.rules.ssm_rtrl import is_selective_ssm
 from bimsnn.rules.stdp import STDP
 from bimsnn.state import detach_tree
@@ -270,14 +270,7 @@ class ChunkedSTDP(ChunkedRule):
             w.mul_(self.cfg.normalize / w.abs().sum(1, keepdim=True).clamp_min(1e-12))
 
 
-def _check_lam(v: float) -> float:
-    v = float(v)
-    if not 0.0 <= v <= 1.0:
-        raise ValueError(f"λ must lie in [0, 1], got {v}")
-    return v
-
-
-class ChunkedHybrid(ChunkedRule):
+class ChunkedHybrid(LambdaMix, ChunkedRule):
     """λ·gradient − (1 − λ)·STDP into ``.grad`` per chunk (eq. 4); see rules/hybrid.py.
 
     Args:
@@ -307,87 +300,25 @@ class ChunkedHybrid(ChunkedRule):
                 self.grad_handlers += self._ssm_handlers(x_proj_traces)
             self.stdp_layers = [ChunkSTDPLayer(t, self.stdp) for t in taps if t.fc is not None]
             self._set_lam(lam)
-            self.balance = balance_mode(balance)
-            if self.balance:
-                if min(self.pair_lam, default=1.0) <= 0.0:
-                    raise ValueError("balance=True needs λ > 0 on every pair: ‖G‖ is read "
-                                     "from the λ-scaled gradient")
-                for layer in self.stdp_layers:
-                    layer.scale = 0.0
-                self._G = [torch.zeros_like(h.omega) for h in self.stdp_layers]
-                self._S = [torch.zeros_like(h.omega) for h in self.stdp_layers]
+            self._init_balance(balance)
         except Exception:
             self.remove()
             raise
         self.handlers = [*self.grad_handlers, *self.stdp_layers, *taps]
 
-    def _set_lam(self, lam) -> None:
-        """Per-parameter λ exactly as ``Hybrid._set_lam`` (see rules/hybrid.py)."""
-        pairs, params = self.pairs, list(self.model.parameters())
-        if isinstance(lam, Mapping):
-            per_param = {p: _check_lam(v) for m, v in lam.items() for p in m.parameters()}
-            pair_lam = [_check_lam(lam.get(fc, lam.get(lif, 1.0))) for fc, lif in pairs]
-        elif isinstance(lam, Sequence):
-            if len(lam) != len(pairs):
-                raise ValueError(f"lam has {len(lam)} entries for {len(pairs)} pairs")
-            per_param, pair_lam = {}, [_check_lam(v) for v in lam]
-        else:
-            v = _check_lam(lam)
-            per_param, pair_lam = dict.fromkeys(params, v), [v] * len(pairs)
-        for (fc, lif), v in zip(pairs, pair_lam):
-            for p in (*fc.parameters(), *lif.parameters()):
-                per_param[p] = v
-        for layer, v in zip(self.stdp_layers, pair_lam):
-            layer.scale = 1.0 - v
-        self.pair_lam = pair_lam
-        lams = {per_param.get(p, 1.0) for p in params}
-        self._uniform = lams.pop() if len(lams) == 1 else None
-        self._scaled = [(p, per_param.get(p, 1.0)) for p in params
-                        if per_param.get(p, 1.0) != 1.0]
-
     def reset(self, batch_size: int) -> None:
         super().reset(batch_size)
-        if self.balance:
-            for g, s in zip(self._G, self._S):
-                g.zero_()
-                s.zero_()
+        self._reset_balance()
 
     def backward(self, loss: Tensor | None) -> None:
         """Add λ·∂L_c/∂w − (1 − λ)·Ω_c to ``.grad`` for this chunk (balance: see class)."""
         self._warn_if_blind()
-        weights = [h.tap.fc.weight for h in self.stdp_layers] if self.balance else []
-        g_before = [None if w.grad is None else w.grad.detach().clone() for w in weights]
+        g_before = self._grads_before()
         if loss is not None:
-            if self._uniform is not None:
-                (loss if self._uniform == 1.0 else self._uniform * loss).backward()
-            else:
-                before = [(p, v, None if p.grad is None else p.grad.clone())
-                          for p, v in self._scaled]
-                loss.backward()
-                with torch.no_grad():
-                    for p, v, g0 in before:
-                        if p.grad is None:
-                            continue
-                        if g0 is None:
-                            p.grad.mul_(v)
-                        else:
-                            p.grad.sub_(g0).mul_(v).add_(g0)
+            self._lam_backward(loss)
         for h in self.grad_handlers:
             h.after_backward()
         if self.balance:
-            self._write_balanced(weights, g_before)
+            self._write_balanced(g_before)
         for h in self.stdp_layers:
             h.after_backward()
-
-    @torch.no_grad()
-    def _write_balanced(self, weights: list[Tensor], g_before: list) -> None:
-        for k, (w, g0, h) in enumerate(zip(weights, g_before, self.stdp_layers)):
-            if w.grad is not None:
-                self._G[k] += w.grad if g0 is None else w.grad - g0
-            lam = self.pair_lam[k]
-            target = None if lam >= 1.0 else balanced_stdp(self._G[k], h.omega, lam,
-                                                              self.balance)
-            if target is None:
-                continue
-            accumulate_grad(w, target - self._S[k])
-            self._S[k].copy_(target)

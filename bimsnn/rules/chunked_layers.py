@@ -268,6 +268,10 @@ class ChunkSTDPLayer:
         self.scale = 1.0
         tap.listeners.append(self)
 
+    @property
+    def weight(self) -> Tensor:
+        return self.tap.fc.weight
+
     @torch.no_grad()
     def on_chunk(self, tap: LeakyChunkTap) -> None:
         c = self.cfg

@@ -91,7 +91,98 @@ def _check_lam(v: float) -> float:
     return v
 
 
-class Hybrid(Rule):
+class LambdaMix:
+    """λ bookkeeping shared by :class:`Hybrid` and the chunked Hybrid: per-parameter λ
+    (eq. 4), the λ-scaled backward of a loss, and the balanced STDP write. The host has
+    ``model``, ``pairs``, ``stdp_layers`` (each with ``weight``, ``omega``, ``scale`` and
+    ``tap.lif``) and calls :meth:`_init_balance` after :meth:`_set_lam`."""
+
+    def _set_lam(self, lam) -> None:
+        pairs = self.pairs
+        params = list(self.model.parameters())
+        if isinstance(lam, Mapping):
+            per_param = {p: _check_lam(v) for m, v in lam.items() for p in m.parameters()}
+            pair_lam = [_check_lam(lam.get(fc, lam.get(lif, 1.0))) for fc, lif in pairs]
+        elif isinstance(lam, Sequence):
+            if len(lam) != len(pairs):
+                raise ValueError(f"lam has {len(lam)} entries for {len(pairs)} pairs")
+            per_param, pair_lam = {}, [_check_lam(v) for v in lam]
+        else:
+            v = _check_lam(lam)
+            per_param, pair_lam = dict.fromkeys(params, v), [v] * len(pairs)
+        for (fc, lif), v in zip(pairs, pair_lam):
+            for p in (*fc.parameters(), *lif.parameters()):
+                per_param[p] = v
+        tap_lam = {id(lif): v for (_, lif), v in zip(pairs, pair_lam)}
+        self.layer_lam = [tap_lam[id(layer.tap.lif)] for layer in self.stdp_layers]
+        for layer, v in zip(self.stdp_layers, self.layer_lam):
+            layer.scale = 1.0 - v
+        self.pair_lam = pair_lam
+        lams = {per_param.get(p, 1.0) for p in params}
+        # One λ for all: scale the loss. Mixed: rescale each backward's gradient increment.
+        self._uniform = lams.pop() if len(lams) == 1 else None
+        self._scaled = [(p, per_param.get(p, 1.0)) for p in params
+                        if per_param.get(p, 1.0) != 1.0]
+
+    def _init_balance(self, balance) -> None:
+        self.balance = balance_mode(balance)
+        if not self.balance:
+            return
+        if min(self.pair_lam, default=1.0) <= 0.0:
+            raise ValueError("balance=True needs λ > 0 on every pair: ‖G‖ is read "
+                             "from the λ-scaled gradient")
+        for layer in self.stdp_layers:
+            layer.scale = 0.0          # Ω still accumulates; the balanced write replaces it
+        self._G = [torch.zeros_like(h.omega) for h in self.stdp_layers]   # λ·G
+        self._S = [torch.zeros_like(h.omega) for h in self.stdp_layers]   # written
+
+    def _reset_balance(self) -> None:
+        if self.balance:
+            for g, s in zip(self._G, self._S):
+                g.zero_()
+                s.zero_()
+
+    def _grads_before(self) -> list:
+        """``.grad`` of the STDP weights before a backward (balance tracks λ·G from it)."""
+        if not self.balance:
+            return []
+        return [None if h.weight.grad is None else h.weight.grad.detach().clone()
+                for h in self.stdp_layers]
+
+    def _lam_backward(self, loss: Tensor) -> None:
+        """``loss.backward()`` with each parameter's gradient increment scaled by its λ."""
+        if self._uniform is not None:
+            (loss if self._uniform == 1.0 else self._uniform * loss).backward()
+            return
+        before = [(p, v, None if p.grad is None else p.grad.clone()) for p, v in self._scaled]
+        loss.backward()
+        with torch.no_grad():
+            for p, v, g0 in before:
+                if p.grad is None:
+                    continue
+                if g0 is None:
+                    p.grad.mul_(v)
+                else:
+                    p.grad.sub_(g0).mul_(v).add_(g0)
+
+    @torch.no_grad()
+    def _write_balanced(self, g_before: list) -> None:
+        """Track λ·G per pair weight, then set its STDP part of ``.grad`` to
+        :func:`balanced_stdp`'s target by writing the change since the last call."""
+        for k, (g0, h) in enumerate(zip(g_before, self.stdp_layers)):
+            w = h.weight
+            if w.grad is not None:
+                self._G[k] += w.grad if g0 is None else w.grad - g0
+            lam = self.layer_lam[k]
+            target = None if lam >= 1.0 else balanced_stdp(self._G[k], h.omega, lam,
+                                                              self.balance)
+            if target is None:
+                continue
+            accumulate_grad(w, target - self._S[k])
+            self._S[k].copy_(target)
+
+
+class Hybrid(LambdaMix, Rule):
     """λ·gradient − (1 − λ)·STDP into ``.grad`` (eq. 4); see module docstring.
 
     Args:
@@ -144,103 +235,28 @@ class Hybrid(Rule):
             self.stdp, self.grad = stdp, grad
             self.stdp_layers = stdp.bind(taps)
             self._set_lam(lam)
-            self.balance = balance_mode(balance)
-            if self.balance:
-                if min(self.layer_lam, default=1.0) <= 0.0:
-                    raise ValueError("balance=True needs λ > 0 on every pair: ‖G‖ is read "
-                                     "from the λ-scaled gradient")
-                for layer in self.stdp_layers:
-                    layer.scale = 0.0          # Ω still accumulates; Hybrid writes it
-                self._G = [torch.zeros_like(h.omega) for h in self.stdp_layers]   # λ·G
-                self._S = [torch.zeros_like(h.omega) for h in self.stdp_layers]   # written
+            self._init_balance(balance)
         except Exception:
             self.remove()
             raise
         self.handlers = [*self.grad_handlers, *self.stdp_layers, *taps]
 
-    def _set_lam(self, lam) -> None:
-        pairs = self.pairs
-        params = list(self.model.parameters())
-        if isinstance(lam, Mapping):
-            per_param = {}
-            for m, v in lam.items():
-                for p in m.parameters():
-                    per_param[p] = _check_lam(v)
-            pair_lam = [_check_lam(lam.get(fc, lam.get(lif, 1.0))) for fc, lif in pairs]
-        elif isinstance(lam, Sequence):
-            if len(lam) != len(pairs):
-                raise ValueError(f"lam has {len(lam)} entries for {len(pairs)} pairs")
-            per_param, pair_lam = {}, [_check_lam(v) for v in lam]
-        else:
-            v = _check_lam(lam)
-            per_param, pair_lam = {p: v for p in params}, [v] * len(pairs)
-        for (fc, lif), v in zip(pairs, pair_lam):
-            for p in (*fc.parameters(), *lif.parameters()):
-                per_param[p] = v
-        tap_lam = {id(lif): v for (_, lif), v in zip(pairs, pair_lam)}
-        self.layer_lam = [tap_lam[id(layer.tap.lif)] for layer in self.stdp_layers]
-        for layer, v in zip(self.stdp_layers, self.layer_lam):
-            layer.scale = 1.0 - v
-        self.pair_lam = pair_lam
-        lams = {per_param.get(p, 1.0) for p in params}
-        # One λ for all: scale the loss. Mixed: rescale each step's gradient increment.
-        self._uniform = lams.pop() if len(lams) == 1 else None
-        self._scaled = [(p, per_param.get(p, 1.0)) for p in params
-                        if per_param.get(p, 1.0) != 1.0]
-
     def reset(self, batch_size: int) -> None:
         super().reset(batch_size)
-        if self.balance:
-            for g, s in zip(self._G, self._S):
-                g.zero_()
-                s.zero_()
+        self._reset_balance()
 
     def backward(self, loss_t: Tensor | None) -> None:
         """Add λ·∂L_t/∂w − (1 − λ)·Ω_t to ``.grad`` (either term may be absent); with
         ``balance``, the STDP part is rescaled as in the module docstring."""
         self._warn_if_blind()
-        weights = [h.weight for h in self.stdp_layers] if self.balance else []
-        g_before = [None if w.grad is None else w.grad.detach().clone() for w in weights]
+        g_before = self._grads_before()
         if loss_t is not None:
-            if self._uniform is not None:
-                (loss_t if self._uniform == 1.0 else self._uniform * loss_t).backward()
-                for h in self.grad_handlers:
-                    h.after_backward()
-            else:
-                before = [(p, v, None if p.grad is None else p.grad.clone())
-                          for p, v in self._scaled]
-                loss_t.backward()
-                for h in self.grad_handlers:
-                    h.after_backward()
-                with torch.no_grad():
-                    for p, v, g0 in before:
-                        if p.grad is None:
-                            continue
-                        if g0 is None:
-                            p.grad.mul_(v)
-                        else:
-                            p.grad.sub_(g0).mul_(v).add_(g0)
-        else:
-            for h in self.grad_handlers:
-                h.after_backward()
+            self._lam_backward(loss_t)
+        for h in self.grad_handlers:
+            h.after_backward()
         if self.balance:
-            self._write_balanced(weights, g_before)
+            self._write_balanced(g_before)
         for h in self.stdp_layers:
             h.after_backward()
         for t in self.taps:
             t.after_backward()
-
-    @torch.no_grad()
-    def _write_balanced(self, weights: list[Tensor], g_before: list) -> None:
-        """Track λ·G per pair weight, then set its STDP part of ``.grad`` to
-        −(1 − λ)/λ·‖λG‖·Ω/‖Ω‖ by writing the change since the last step."""
-        for k, (w, g0, h) in enumerate(zip(weights, g_before, self.stdp_layers)):
-            if w.grad is not None:
-                self._G[k] += w.grad if g0 is None else w.grad - g0
-            lam = self.layer_lam[k]
-            target = None if lam >= 1.0 else balanced_stdp(self._G[k], h.omega, lam,
-                                                              self.balance)
-            if target is None:
-                continue
-            accumulate_grad(w, target - self._S[k])
-            self._S[k].copy_(target)
