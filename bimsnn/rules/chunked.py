@@ -306,19 +306,6 @@ class ChunkedHybrid(LambdaMix, ChunkedRule):
             raise
         self.handlers = [*self.grad_handlers, *self.stdp_layers, *taps]
 
-    def reset(self, batch_size: int) -> None:
-        super().reset(batch_size)
-        self._reset_balance()
-
     def backward(self, loss: Tensor | None) -> None:
         """Add λ·∂L_c/∂w − (1 − λ)·Ω_c to ``.grad`` for this chunk (balance: see class)."""
-        self._warn_if_blind()
-        g_before = self._grads_before()
-        if loss is not None:
-            self._lam_backward(loss)
-        for h in self.grad_handlers:
-            h.after_backward()
-        if self.balance:
-            self._write_balanced(g_before)
-        for h in self.stdp_layers:
-            h.after_backward()
+        self._mix_backward(loss)

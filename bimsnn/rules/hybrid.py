@@ -136,11 +136,26 @@ class LambdaMix:
         self._G = [torch.zeros_like(h.omega) for h in self.stdp_layers]   # λ·G
         self._S = [torch.zeros_like(h.omega) for h in self.stdp_layers]   # written
 
-    def _reset_balance(self) -> None:
+    def reset(self, batch_size: int) -> None:
+        super().reset(batch_size)
         if self.balance:
             for g, s in zip(self._G, self._S):
                 g.zero_()
                 s.zero_()
+
+    def _mix_backward(self, loss: Tensor | None, after=()) -> None:
+        """Add λ·∂L/∂w − (1 − λ)·Ω to ``.grad`` (either term may be absent; ``balance``
+        rescales the STDP part), then let the handlers in ``after`` finish the step."""
+        self._warn_if_blind()
+        g_before = self._grads_before()
+        if loss is not None:
+            self._lam_backward(loss)
+        for h in self.grad_handlers:
+            h.after_backward()
+        if self.balance:
+            self._write_balanced(g_before)
+        for h in (*self.stdp_layers, *after):
+            h.after_backward()
 
     def _grads_before(self) -> list:
         """``.grad`` of the STDP weights before a backward (balance tracks λ·G from it)."""
@@ -241,22 +256,7 @@ class Hybrid(LambdaMix, Rule):
             raise
         self.handlers = [*self.grad_handlers, *self.stdp_layers, *taps]
 
-    def reset(self, batch_size: int) -> None:
-        super().reset(batch_size)
-        self._reset_balance()
-
     def backward(self, loss_t: Tensor | None) -> None:
         """Add λ·∂L_t/∂w − (1 − λ)·Ω_t to ``.grad`` (either term may be absent); with
         ``balance``, the STDP part is rescaled as in the module docstring."""
-        self._warn_if_blind()
-        g_before = self._grads_before()
-        if loss_t is not None:
-            self._lam_backward(loss_t)
-        for h in self.grad_handlers:
-            h.after_backward()
-        if self.balance:
-            self._write_balanced(g_before)
-        for h in self.stdp_layers:
-            h.after_backward()
-        for t in self.taps:
-            t.after_backward()
+        self._mix_backward(loss_t, self.taps)
