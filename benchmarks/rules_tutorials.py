@@ -5,8 +5,8 @@ Symbols: T steps, B batch, K classes, H hidden width.
 Three nets, each trained three times from the same initialisation on the same batches
 (same seed), the only difference being how ``.grad`` is filled: ``loss.backward()``
 (BPTT) or ``rule.reset(B)`` before the forward and ``rule.backward(loss)`` after it
-(``bimsnn.rules.RTRL``; ``Hybrid(λ = 0.9, balance=True)``: 0.9·gradient + STDP at 1/9 of
-its norm). The networks and their forward passes are the tutorials' own code:
+(``bimsnn.rules.RTRL``; ``Hybrid(λ = 0.9, balance="element")``: 0.9·gradient + STDP at most 1/9 of
+each weight's gradient term). The networks and their forward passes are the tutorials' own code:
 
 * tutorial5: snnTorch tutorial 5, fc1 → Leaky → fc2 → Leaky (β = 0.95, H = 1000, 25 steps,
   the same input every step, cross-entropy on the output membrane at every step, Adam 5e-4),
@@ -67,7 +67,7 @@ def attach(method: str, net: nn.Module):
         if method == "hybrid_hidden":               # readout pair: plain gradient, no STDP
             n = len(find_pairs(net)[0])
             lam = [0.9] * (n - 1) + [1.0]
-        return Hybrid(net, lam=lam, stdp=STDP(A_plus=1e-3, A_minus=1.05e-3), balance=True)
+        return Hybrid(net, lam=lam, stdp=STDP(A_plus=1e-3, A_minus=1.05e-3), balance="element")
     return None
 
 
