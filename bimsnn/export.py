@@ -4,7 +4,7 @@ Symbols: T time, B batch, C inputs, H neurons, β membrane decay, α synaptic de
 θ threshold, dt the NIR time step (``DT`` = 1e-4 s, as snnTorch's exporter uses).
 
 Mapping (snnTorch's ``export_nir.py`` is the reference). NIR states continuous-time ODEs;
-forward Euler with step dt gives back snnTorch's discrete update exactly when
+forward Euler with step dt gives back snnTorch's discrete update exactly when::
 
     Leaky     U ← βU + I          nir.LIF:  τ dv/dt = (v_leak − v) + r I
               τ = dt / (1 − β),  r = τ / dt = 1 / (1 − β),  v_leak = 0,  v_reset = 0

@@ -3,10 +3,12 @@
 Symbols: N samples (windows), K classes (or labels), G groups (segments), T time steps,
 B batch, V output classes (vocabulary + CTC blank). Pure functions of arrays.
 
-Score conventions (what :func:`bimsnn.training.evaluate` returns):
+Score conventions (what :func:`bimsnn.training.evaluate` returns)::
+
     binary      scores (N,) = P(positive),  labels (N,) in {0, 1}
     multiclass  scores (N, K) softmax,     labels (N,) int class ids
     multilabel  scores (N, K) sigmoid,     labels (N, K) multi-hot
+
 AUC/AP are NaN where undefined (a class with no positive or no negative sample).
 
 CTC (Graves et al. 2006): per-step log-probabilities (T, B, V) over the labels and a
@@ -164,7 +166,8 @@ def clinical_metrics(scores, metas: Sequence[dict], threshold: float, seizures: 
     """Seizure sensitivity, false alarms per interictal hour and mean detection latency.
 
     Windows are placed on each recording's timeline, with decisions at each window's
-    *end* (causal):
+    *end* (causal)::
+
         alarm on     at a window when it and the k−1 windows before it score ≥ threshold;
         detected     a seizure, if an alarm is on at a decision time in
                      [onset, offset + window_s] (a window still overlapping it);

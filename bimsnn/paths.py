@@ -20,4 +20,5 @@ def shared_data_dir() -> Path | None:
 
 
 def repo_root() -> Path:
+    """The repository root (the folder holding ``bimsnn/``, ``recipes/``, ``datasets/``)."""
     return _REPO_ROOT

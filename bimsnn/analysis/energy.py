@@ -4,6 +4,7 @@ Symbols: T time, B batch, N fan-in (in_features), M fan-out (out_features), H ne
 E SSM channels, N_s SSM state size, k kernel size, g groups.
 
 One forward pass is observed through hooks (nothing in the model changes):
+
 * spiking neurons (every ``snntorch.SpikingNeuron``: Leaky, Synaptic, ...): spikes and
   neuron-steps, per-step calls and :meth:`bimsnn.Leaky.multi_step` alike, giving the firing
   rate r = spikes / (H·T) and the sparsity 1 − r per layer;
@@ -11,7 +12,8 @@ One forward pass is observed through hooks (nothing in the model changes):
   spikes (every value in {−1, 0, 1}) or dense, and how much of it is non-zero;
 * :class:`bimsnn.ssm.mamba.SelectiveSSM`: the scan's element-wise work.
 
-Operation counts, per sample (totals / B):
+Operation counts, per sample (totals / B)::
+
     SynOps (spiking input)  = nnz(input) · M                 Linear: each spike is M adds
                             = nnz(input) · (C_out/g) · Πk     Conv (border effects ignored)
     MACs   (dense input)    = rows · N · M                    Linear; conv: numel(out)·(C_in/g)·Πk
@@ -20,6 +22,7 @@ Operation counts, per sample (totals / B):
     SSM scan MACs           = T·E·(4·N_s + 1): exp(Δ·A)·h, (Δ·u)·B, +, h·C per state, D·u
                               per channel; exp/softplus/SiLU and the neuron updates (β·U + I,
                               compare) are not counted, for the SNN or the ANN.
+
 Graded spikes (values other than ±1) need a multiply, so they count as dense MACs. In a
 SpikingMambaNet, ``in_fc``, ``in_proj`` (with norm="none") and ``out_fc`` see spikes
 (SynOps); the conv, ``x_proj``, ``dt_proj``, ``out_proj`` (input y ⊙ SiLU(z)) and the scan

@@ -3,7 +3,8 @@
 Symbols: T time, B batch, C inputs, H hidden width, K classes, L layers.
 
 One training pass over one sequence (x (T, B, C), one label per sample, per-step
-cross-entropy on per-step logits, ``.grad`` written, no optimizer step):
+cross-entropy on per-step logits, ``.grad`` written, no optimizer step)::
+
     bptt     ``model.forward_seq(x)`` then one backward through all T steps: the graph
              (activations saved for backward) grows as O(T).
     rtrl, hybrid, stdp
@@ -11,7 +12,8 @@ cross-entropy on per-step logits, ``.grad`` written, no optimizer step):
              ``rule.backward(loss_t)`` each step: the carried state is detached, each step's
              graph is freed at once, so memory is O(1) in T (stdp: no loss, ``backward(None)``).
 
-Two measures, both per (method, T):
+Two measures, both per (method, T)::
+
     net_mb   in a *fresh subprocess* (as benchmarks/online_memory.py does): the peak
              resident set during the pass minus the resident set before it (interpreter,
              torch, model and input loaded). The peak is Linux's VmHWM, reset just before
@@ -72,6 +74,7 @@ class MemoryConfig:
 
 
 def make_model(cfg: MemoryConfig) -> nn.Module:
+    """The model ``cfg.model`` names ("mlp" or "mamba"), seeded with ``cfg.seed``."""
     torch.manual_seed(cfg.seed)
     if cfg.model == "mlp":
         return SpikingMLP(cfg.n_inputs, cfg.n_classes, hidden=cfg.width, n_layers=cfg.n_layers,
@@ -256,6 +259,7 @@ def plot_memory(df: pd.DataFrame, y: str = "net_mb", ax=None, logx: bool = True)
 
 
 def main(argv=None) -> None:
+    """``python -m bimsnn.analysis.memory``: measure, print the table, optionally plot."""
     import argparse
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])

@@ -4,18 +4,23 @@ Symbols: T time steps, B batch (trials), N pre neurons (Linear in), H post neuro
 Δt = t_post − t_pre (steps; Δt ≥ 0: pre before post), β membrane decay, τ_m = −1/ln β,
 θ threshold, σ' surrogate derivative, λ spike-penalty weight, I_T teacher current.
 
-Protocol (one Linear weight w → Leaky, snnTorch semantics: subtract reset, detached):
+Protocol (one Linear weight w → Leaky, snnTorch semantics: subtract reset, detached)::
+
     pre spike  x[t_pre] = 1;   post spike forced by a teacher current I_T at t_post
     loss       L = Σ_t ℓ_t,   ℓ_t = λ Σ_i S_i[t] − [t = t_post] S_post[t_post]
+
 The loss *rewards the post spike* at t_post and *penalises spiking* (an activity / energy
 regulariser, λ); spikes enter through the surrogate. The measured change is Δw = −∂L/∂w
 (η = 1) of the paired protocol *minus* that of the unpaired control (same pre spike, no
 teacher current): the pairing-induced change, as STDP experiments report it.
 
-What produces each lobe (first order in w; exact statements hold for one pair):
+What produces each lobe (first order in w; exact statements hold for one pair)::
+
     ∂L/∂w = Σ_t δ[t] x[t] = δ[t_pre],   δ[t] = ∂L/∂U[t] = Σ_{t' ≥ t} β^{t'−t} ℓ'[t'],
     ℓ'[t] = (λ − [t = t_post]) σ'(U[t] − θ)
+
 so the window *is* the BPTT adjoint of the post membrane read backwards from the post spike.
+
 * LTP (Δt ≥ 0): the reward at t_post reaches t_pre through the leak, Δw ∝ (1 − λ) σ' β^Δt:
   τ+ ≈ τ_m. Causal, and the same for RTRL, whose eligibility is this pre-trace.
 * LTD (Δt < 0): a pre spike after the post spike cannot change S[t_post]; its gradient
@@ -24,7 +29,7 @@ so the window *is* the BPTT adjoint of the post membrane read backwards from the
   teacher overshoot U[t_post] > θ/β. The penalty's gradient σ'(U − θ) grows with
   depolarisation (σ'' > 0 below threshold), so a pre spike in a depolarised wake, which
   pushes the neuron towards an unwanted extra spike, is depressed; to first order
-  Δw ∝ −λ σ'' β^{|Δt|}, τ− ≈ τ_m. A hyperpolarised wake (U[t_post] < θ/β) flips the sign
+  Δw ∝ −λ σ'' β^{−Δt}, τ− ≈ τ_m. A hyperpolarised wake (U[t_post] < θ/β) flips the sign
   (weak potentiation), and no penalty (λ = 0) or a "zero" reset (wake membrane exactly
   0) gives *no* LTD lobe at all (``main`` prints these controls). Larger λ or overshoot
   also depresses pre-before-post pairs (their PSP lasts into the wake): the LTP lobe
@@ -261,6 +266,7 @@ def plot_window(dts, dw, fit: WindowFit | None = None, sem=None, ax=None, label=
 
 
 def main(argv=None) -> None:
+    """``python -m bimsnn.analysis.plasticity``: fit the windows, print ``RESULT ...``."""
     import argparse
     import time
 

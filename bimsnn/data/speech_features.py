@@ -9,7 +9,8 @@ log-mel (:class:`bimsnn.data.audio.LogMel`) → normalisation (:func:`normalise`
 length (:func:`fix_length`) → per item, :class:`SpikeSet` applies augmentation and the
 :class:`~bimsnn.encoding.SpikeCode` thermometer (:func:`bimsnn.encoding.thermometer`).
 
-Normalisation modes, from least to most speaker-robust on FSDD (benchmarks/speech.py):
+Normalisation modes, from least to most speaker-robust on FSDD (benchmarks/speech.py)::
+
     global   per utterance: subtract the mean over all bins (loudness), divide by their std;
     cmn      per utterance: subtract each band's mean over time (channel and spectral tilt);
     speaker  per speaker: subtract each band's mean over *all* that speaker's frames and

@@ -1,7 +1,7 @@
 """Temporal-contrast codes: delta, ADM (level crossing), multi-threshold ADM, and decoders.
 
 Symbols: T time steps, C channels, n_θ thresholds, fs steps per second, θ threshold,
-TV(x) = Σ_t |x_t − x_{t−1}| total variation of one channel.
+TV(x) = Σ_t ``|x_t − x_{t−1}|`` total variation of one channel.
 
 Layout: ``out[..., :C]`` ON (up) spikes and ``out[..., C:]`` OFF (down) spikes, each in
 {0, 1}; with ``signed=True`` the output is ON − OFF in {−1, 0, +1} with the input's shape.
@@ -42,7 +42,7 @@ def delta(x: Tensor, threshold: float, *, init=None, signed: bool = False) -> Te
     Returns:
         (T, ..., 2C) in {0, 1} (ON then OFF), or (T, ..., C) in {−1, 0, 1} if ``signed``.
 
-    Spike rate: each spike needs |Δx| ≥ θ within one step, so per channel the count is
+    Spike rate: each spike needs ``|Δx|`` ≥ θ within one step, so per channel the count is
     ≤ min(T, TV(x)/θ) and the rate ≤ min(fs, max|dx/dt|/θ) spikes/s.
     """
     x = _check_x(x, min_dim=2)
@@ -85,8 +85,8 @@ def adm(x: Tensor, threshold: float, *, init=None, signed: bool = False) -> Tens
 
     A reference r (r_{−1} = ``init``, default x_0) follows the signal: at each step, ON if
     x_t − r ≥ θ (then r += θ), OFF if x_t − r ≤ −θ (then r −= θ), at most one spike per
-    step and channel. The decoder replays r, so |x_t − x̂_t| < θ at every step whenever
-    |x_t − x_{t−1}| ≤ θ (no slope overload; pick fs ≥ max|dx/dt|/θ). Faster changes are
+    step and channel. The decoder replays r, so ``|x_t − x̂_t|`` < θ at every step whenever
+    ``|x_t − x_{t−1}|`` ≤ θ (no slope overload; pick fs ≥ max|dx/dt|/θ). Faster changes are
     tracked at θ per step, as in hardware delta modulators.
 
     Args:
@@ -94,7 +94,7 @@ def adm(x: Tensor, threshold: float, *, init=None, signed: bool = False) -> Tens
     Returns:
         (T, ..., 2C) in {0, 1} (up then down), or (T, ..., C) in {−1, 0, 1} if ``signed``.
 
-    Spike rate: per channel the count is ≤ min(T, (TV(x) + |x_0 − init|)/θ), so the rate is
+    Spike rate: per channel the count is ≤ min(T, (TV(x) + ``|x_0 − init|``)/θ), so the rate is
     ≤ min(fs, max|dx/dt|/θ) spikes/s (each run of k same-sign spikes needs x to move ≥ kθ).
     """
     x = _check_x(x, min_dim=2)

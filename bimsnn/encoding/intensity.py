@@ -71,7 +71,7 @@ def latency(x: Tensor, num_steps: int, *, threshold: float = 0.0) -> Tensor:
 
 
 def spike_rate(spikes: Tensor, fs: float) -> Tensor:
-    """Mean spikes per second of each afferent: (T, ..., K) → (..., K); counts |s| for ±1."""
+    """Mean spikes per second of each afferent: (T, ..., K) → (..., K); counts ``|s|`` for ±1."""
     spikes = _check_x(spikes, name="spikes")
     if fs <= 0:
         raise ValueError(f"fs must be > 0, got {fs}")

@@ -147,7 +147,7 @@ def mel_threshold(logmel: Tensor, levels: Tensor) -> Tensor:
         (T, ..., 2·F·L) in {0, 1}: ``out[..., f·L + l]`` up, ``out[..., F·L + f·L + l]`` down.
 
     Spike rate: a step crosses the levels inside [x_{t−1}, x_t], so a band emits
-    ≤ |Δx_t|/Δ + 1 spikes per step for levels spaced ≥ Δ apart, and ≤ TV/Δ + T per window;
+    ≤ ``|Δx_t|``/Δ + 1 spikes per step for levels spaced ≥ Δ apart, and ≤ TV/Δ + T per window;
     each afferent fires ≤ once per step, so its rate is ≤ fs (frame rate).
     """
     x = _check_x(logmel, min_dim=2, name="logmel")

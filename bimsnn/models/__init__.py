@@ -2,12 +2,14 @@
 
 Symbols: T time, B batch, C input channels, K classes, V vocabulary size.
 
+::
+
     spec(name, **kwargs)        {"name", "kwargs"} of primitives (JSON / weights_only safe)
     build(spec)                 the model, freshly initialised from torch's RNG
     save(path, model, spec, preprocessing=..., **extra) / load(path) -> (model, checkpoint)
     register(name)              decorator adding a model class or factory
 
-Registered names:
+Registered names::
 
     =================  =========================================  ===========================
     name               class                                      input → output

@@ -12,7 +12,7 @@ model.pt, format 2 (what :func:`save` writes)::
      "preprocessing": dict | None (what turns raw input into the model's input), **extra}
 
 :func:`load` also reads the format-1 files of the recipes before issue 11. Their four
-``spec`` shapes are mapped to registry specs (:func:`spec_from_v1`):
+``spec`` shapes are mapped to registry specs (:func:`spec_from_v1`)::
 
     recipes/_common.save_model          {"name", "kwargs"}: already a registry spec
     keyword_spotting, speech_recognition MambaConfig keyword arguments → "spiking_mamba"

@@ -3,7 +3,7 @@
 Symbols: T time steps, B batch, N neurons ("..." = any further trailing dims after B).
 
 Paper eq. 3, τ_m dV/dt = −V + R Σ_j w_ij Σ_f α(t − t_j^f) + I_ext, discretised with step Δt
-(β = exp(−Δt/τ_m); R and Δt/τ_m folded into the weights w) exactly as snnTorch 1.0 does:
+(β = exp(−Δt/τ_m); R and Δt/τ_m folded into the weights w) exactly as snnTorch 1.0 does::
 
     R[t] = H(U[t−1] − U_thr)            reset signal = previous step's spike, *detached*
     U[t] = β U[t−1] + I[t] − R[t] U_thr  charge, then reset    ("subtract")

@@ -73,7 +73,7 @@ class Leaky(snn.Leaky):
             self.spike_grad = ATan(2.0)  # same as snnTorch's default, exposes its derivative
 
     def forward(self, input_: Tensor, mem: Tensor | None = None):
-        """One step. input_, mem: (B, ...). Returns (spk, mem), or spk if init_hidden."""
+        """One step. ``input_``, ``mem``: (B, ...). Returns (spk, mem), or spk if init_hidden."""
         if _exotic(self):
             return super().forward(input_, mem)
         if mem is not None:

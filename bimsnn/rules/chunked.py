@@ -26,7 +26,8 @@ A sequence is processed in chunks of K steps with the model's fused multi-step p
 * Memory is O(K): traces have fixed size (B·N per pair for a scalar leak, B·E·Ns·(2E+R+2)
   per SSM), and each chunk's graph is freed by its backward.
 
-Exact, and approximate:
+Exact, and approximate::
+
     K = 1   equals the per-step rules (rules/rtrl.py, stdp.py, hybrid.py) driven by ``step``.
     K = T   equals BPTT of the whole sequence (one chunk, zero traces).
     1<K<T   the gradient of Σ_c L_c where, at each boundary, each layer's carried state is
@@ -35,6 +36,7 @@ Exact, and approximate:
             past output → layer l+1's state → later loss), the conv buffer's dependence on
             in_proj, the readout's out_sum ("mean_mem"). Larger K keeps more of them; the
             last layer of a Linear→Leaky stack and a lone SSM are exact for any K.
+
 STDP's Ω (eq. 5) is exact for every K. Hybrid (eq. 4) writes λ·∂L/∂w − (1 − λ)·Ω, with
 ``balance`` applied after every chunk (the per-step rule applies it after every step, so
 K = 1 matches it; for K > 1 the formula holds after every chunk).
@@ -262,7 +264,7 @@ class ChunkedSTDP(ChunkedRule):
 
     @torch.no_grad()
     def normalize_(self) -> None:
-        """As :meth:`STDP.normalize_`: Σ_j |w_ij| = normalize per post neuron."""
+        """As :meth:`STDP.normalize_`: Σ_j ``|w_ij|`` = normalize per post neuron."""
         if self.cfg.normalize is None:
             return
         for h in self.layers:

@@ -12,10 +12,11 @@ traces (small) right after the chunk's forward, out of place, since the pending 
 still reads e_0; SSM traces (large) in place after the chunk's backward, or out of place
 when the next chunk starts first.
 
-Hook points (restored exactly by ``remove()``):
+Hook points (restored exactly by ``remove()``)::
+
     LeakyChunkTap   wraps ``leaky.multi_step`` on the instance + a forward hook on the
                     paired ``nn.Linear`` recording its (K, B, N) input.
-    SSMChunkRTRL    (in :mod:`bimsnn.rules.chunked_ssm`) wraps ``ssm.forward(u, h0)``.
+    SSMChunkRTRL    (in bimsnn.rules.chunked_ssm) wraps ``ssm.forward(u, h0)``.
     StateDetacher   wraps ``forward_seq`` / a stateful block's ``forward`` so the incoming
                     state (any NamedTuple tree) carries no graph from the previous chunk.
 """

@@ -36,16 +36,20 @@ def ssm_advance(e: dict | None, u: Tensor, delta: Tensor, A: Tensor, Bm: Tensor,
 
     Per step (rules/ssm_rtrl.py), Ā_t = exp(Δ_t A), σ_t = 1 − exp(−Δ_t) = sigmoid(z_t),
     q_t = (A Ā_t h_{t-1} + u_t ⊗ B_t) σ_t. Layouts put the channel e last and the state n
-    before it, so per-(n, e) decays broadcast over contiguous rows of Ns·E:
+    before it, so per-(n, e) decays broadcast over contiguous rows of Ns·E::
+
         e_A[b,n,e]      ← Ā e_A + Δ_t A Ā_t h_{t-1}                      (B, Ns, E)
         PR[b,j,n,e]     ← Ā PR + [u_t | r_t | 1]_j q_t                    (B, E + R + 1, Ns, E)
                           rows j < E: P (W_Δ through W_dt), E ≤ j < E + R: e_Wdt, last: e_b
         WB[b,j,n,e]     ← Ā WB + u_t[j] Δ_t u_t[e]        e_WB            (B, E, Ns, E)
+
     Closed form: e_K = (Π Ā) ⊙ e_0 + Σ_t w_t ⊙ imm_t with w_t = Π_{s>t} Ā_s =
     exp(A ⊙ Σ_{s>t} Δ_s) ≤ 1. The states are never formed: every imm_t holds Ā_t h_{t-1}, and
     w_t Ā_t h_{t-1} = g_t := (Π Ā) h_0 + Σ_{s<t} w_s x_s (x_s = Δ_s u_s ⊗ B_s), an exclusive
-    prefix sum with no decay (stable: all weights ≤ 1). So, with m_t = w_t x_t,
+    prefix sum with no decay (stable: all weights ≤ 1). So, with m_t = w_t x_t::
+
         Σ w imm^A = A ⊙ Σ_t Δ_t g_t,   w_t q_t = (A g_t + w_t u_t ⊗ B_t) σ_t,
+
     and the outer-product sums are batched matmuls over ≤ 64 steps, (B, E + R + 1, k) @
     (B, k, Ns·E) for PR and (B, E, k) @ (B, k, Ns·E) for WB. The elementwise work runs over
     cache-sized sub-blocks of ``block`` steps (default :func:`_ssm_block`). Any ``block``

@@ -174,7 +174,7 @@ class LinearConn(Connection):
 
 
 class ConvConn(Connection):
-    """nn.Conv1d / nn.Conv2d: x (B, C, *in) → y (B, O, *out); see module docstring."""
+    """nn.Conv1d / nn.Conv2d: x ``(B, C, *in)`` → y ``(B, O, *out)``; see module docstring."""
 
     kind = "conv"
 
@@ -205,8 +205,8 @@ class ConvConn(Connection):
         return t.reshape(t.shape[0], self.O, -1)
 
     def outer(self, pre: Tensor, post: Tensor) -> Tensor:
-        """Σ over batch and positions of post ⊗ input patch: pre (B, C, *in), post
-        (B, O, *out) or (B, O, Q) → weight shape. One ``conv2d_weight`` call."""
+        """Σ over batch and positions of post ⊗ input patch: pre ``(B, C, *in)``, post
+        ``(B, O, *out)`` or (B, O, Q) → weight shape. One ``conv2d_weight`` call."""
         x = self._prep(pre.to(post.dtype))
         H = (x.shape[2] - self.dilation[0] * (self.k[0] - 1) - 1) // self.stride[0] + 1
         g = post.reshape(post.shape[0], self.O, H, -1)
@@ -220,7 +220,7 @@ class ConvConn(Connection):
         return y.squeeze(2) if self.nd == 1 else y
 
     def unfold(self, x: Tensor) -> Tensor:
-        """(B, C, *in) → (B, C/G·K per group × G, Q) input patches, channel-major as W."""
+        """``(B, C, *in)`` → (B, C/G·K per group × G, Q) input patches, channel-major as W."""
         return F.unfold(self._prep(x), self.k, self.dilation, 0, self.stride)
 
     def patches(self, x: Tensor, route: Route) -> Tensor:

@@ -139,7 +139,7 @@ def learnable_params(m: nn.Module, spec: NeuronSpec) -> dict[str, Tensor]:
 
 @dataclass
 class Linearization:
-    """One step: J[(k, l)], c[k] (scalars or (B, *S)), imm[θ][k] (B, *S)."""
+    """One step: J[(k, l)], c[k] (scalars or ``(B, *S)``), imm[θ][k] ``(B, *S)``."""
 
     J: dict
     c: dict
@@ -157,8 +157,8 @@ def linearize(m: nn.Module, spec: NeuronSpec, prev: dict[str, Tensor], r: Tensor
     """Coefficients of one step (see module docstring).
 
     Args:
-        m: the neuron; spec: its spec; prev: incoming states (B, *S) (zeros where fresh),
-            including "spk" for recurrent neurons; r: this step's reset (B, *S);
+        m: the neuron; spec: its spec; prev: incoming states ``(B, *S)`` (zeros where fresh),
+            including "spk" for recurrent neurons; r: this step's reset ``(B, *S)``;
         params: the learnable neuron parameters (:func:`learnable_params`).
     """
     kind, mode = spec.kind, spec.mode

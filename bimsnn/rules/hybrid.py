@@ -70,7 +70,7 @@ def balanced_stdp(G: Tensor, omega: Tensor, lam: float, mode: str) -> Tensor | N
     Args:
         G: λ·Σ_t ∂L_t/∂W so far this sequence. omega: Ω so far (eq. 5). lam: λ ∈ (0, 1).
         mode: "norm": −(1 − λ)/λ·‖G‖·Ω/‖Ω‖, the STDP term has norm (1 − λ)·‖∂L/∂W‖;
-            "element": −(1 − λ)/λ·|G| ⊙ Ω/max|Ω|, every weight's STDP term is at most
+            "element": −(1 − λ)/λ·``|G|`` ⊙ Ω/max|Ω|, every weight's STDP term is at most
             (1 − λ)/λ of its own gradient term, in proportion to its Ω: under an adaptive
             optimizer (Adam) a weight with no gradient gets no STDP step either, so a
             sign-stable Ω cannot drive full-size steps where the loss is silent.

@@ -4,7 +4,7 @@ Symbols: w a weight entry, θ(t) pruning threshold (weight units), β sigmoid sl
 (1/weight units), γ threshold gain, ρ target sparsity, s(t) current sparsity (fraction
 of masked entries), m the {0, 1} mask.
 
-Eq. 9 as printed, p = σ(β(|w| − θ)), would prune *large* weights. We prune *small* ones::
+Eq. 9 as printed, p = ``σ(β(|w| − θ))``, would prune *large* weights. We prune *small* ones::
 
     p_prune(w) = σ(β(θ(t) − |w|))          (eq. 9, sign flipped: |w| ≪ θ → p ≈ 1)
     dθ/dt      = γ (ρ − s(t))              (eq. 10; one Euler step, dt, per step())
@@ -14,7 +14,7 @@ latent copy, (2) moves θ by γ·dt·(ρ − s), (3) resamples every mask entry 
 m ~ Bernoulli(1 − p_prune(w_latent)), (4) writes w = m ⊙ w_latent. So a pruned weight is 0
 in the model but keeps its magnitude for eq. 9, and comes back with that value when θ
 falls. (Zeroing it for good would make s depend on θ's running maximum: θ would wind up
-and s would oscillate.) Expected sparsity E[s] = mean σ(β(θ − |w|)) is then a smooth,
+and s would oscillate.) Expected sparsity E[s] = mean ``σ(β(θ − |w|))`` is then a smooth,
 increasing function of θ, and eq. 10 is an integral controller that settles at s ≈ ρ.
 A gradient hook multiplies every gradient reaching the weight by the mask, so pruned
 weights get no autograd gradient. Rules that write ``.grad`` directly (STDP's Ω) bypass
@@ -23,7 +23,7 @@ the hook, but step (4) restores such weights after the optimizer step.
 Call ``pruner.step()`` after ``opt.step()`` (once per update). It works with any rule or
 with plain BPTT. θ is kept per tensor (``per_tensor=True``: every tensor reaches ρ) or
 shared (one θ, global sparsity, as in eq. 10). Choose β for the weights' scale: the
-pruning edge is ~4/β wide in |w|; β ≈ 20/std(w) is a reasonable start.
+pruning edge is ~4/β wide in ``|w|``; β ≈ 20/std(w) is a reasonable start.
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ class AdaptivePruning:
         return [float((~m).float().mean()) for m in self.masks]
 
     def prune_prob(self, i: int) -> Tensor:
-        """p_prune = σ(β(θ − |w|)) for tensor i (eq. 9, small weights pruned)."""
+        """p_prune = ``σ(β(θ − |w|))`` for tensor i (eq. 9, small weights pruned)."""
         theta = self.theta[i if self.per_tensor else 0]
         return torch.sigmoid(self.beta * (theta - self.latent[i].abs()))
 

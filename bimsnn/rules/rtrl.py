@@ -14,13 +14,13 @@ Leaky: e_W(t) = β̂ e_W(t−1) + x_t (the STDP pre-trace); Synaptic: the two-st
 filter. Two layouts:
 
 * "pre" (J, c one scalar, route constant): e^k lives in presynaptic space, the shape of
-  x_t: (B, N), or (B, C, *in) for a conv, the filtered input whose patches are the
+  x_t: (B, N), or ``(B, C, *in)`` for a conv, the filtered input whose patches are the
   eligibility. Memory per state: one input.
 * "post" (a per-channel β, reset "zero", Alpha's reset, or max pooling before the
   neuron): e^k[o, b, p, f] per output unit, stored (O, B, P, F); the drive is the patch
   that unit read at step t (through the pooling selection). Memory per state B·O·P·F.
 
-Biases and neuron parameters (β, α, ϑ, V) get per-neuron traces (B, *S) with their
+Biases and neuron parameters (β, α, ϑ, V) get per-neuron traces ``(B, *S)`` with their
 immediate terms. Eq. 8 by injection: the neuron's pre-hook replaces each carried state
 s^k_{t−1} by ``NeuronTraceInject(s_{t−1}, e(t−1), θ)``, an identity whose backward adds
 Σ_k g_k · e^k(t−1) into each θ's gradient, g_k = ∂L_t/∂s^k_{t−1} being computed by
@@ -89,13 +89,13 @@ def _contract(kind: str, es: tuple, meta, gs: tuple, shape: torch.Size) -> Tenso
 class NeuronTraceInject(torch.autograd.Function):
     """Identity on the carried states whose backward also adds Σ_k g_k · e^k(t−1) to θ.
 
-    ``apply(spec, n, *states, *params)``: ``states`` n tensors (B, *S); ``spec`` one entry
+    ``apply(spec, n, *states, *params)``: ``states`` n tensors ``(B, *S)``; ``spec`` one entry
     ``(kind, (e^1, ..., e^n), meta)`` per param, kind
 
-    * "pre": e^k presynaptic (B, *in), meta (Connection, Route): ``conn.outer(e, route.T(g))``;
+    * "pre": e^k presynaptic ``(B, *in)``, meta (Connection, Route): ``conn.outer(e, route.T(g))``;
     * "post": e^k (O, B, P, F), meta (Connection, None): Σ_{b,p} g[b,o,p] e[o,b,p,f];
     * "bias": e^k (B, O, P), meta (Connection, None): Σ_{b,p} g e per output unit;
-    * "diag": e^k (B, *S), meta None: Σ_b g e, summed to the parameter's shape.
+    * "diag": e^k ``(B, *S)``, meta None: Σ_b g e, summed to the parameter's shape.
 
     (e^k may be None: zero.) Its backward is deliberately *not* the derivative of its
     forward (the forward does not depend on the params), so gradcheck does not apply; the

@@ -30,7 +30,8 @@ spike's step (max pooling: the selected position). Recurrent neurons (RLeaky, RS
 the recurrent weights pair s(t) with the previous step's spikes s(t−1), their input; the
 one-to-one weight V gets no STDP.
 
-Variants (``bound``):
+Variants (``bound``)::
+
     "additive": as above.
     "soft": weight-dependent soft bounds, LTP ∝ (w_max − w_ij), LTD ∝ (w_ij − w_min),
         with w the weight at the step the pair completes: weights stay in [w_min, w_max]
@@ -39,7 +40,7 @@ Variants (``bound``):
 Sign convention: ``.grad -= Ω`` (``STDP.backward``) so that SGD's ``w -= η·grad`` gives
 Δw = +η·Ω (potentiation increases w). Usable alone, unsupervised (``backward(None)``).
 Homeostasis: none built in; ``normalize=c`` makes :meth:`STDP.normalize_` rescale each
-post unit's incoming weights to Σ_j |w_ij| = c (Diehl & Cook 2015), call it after
+post unit's incoming weights to Σ_j ``|w_ij|`` = c (Diehl & Cook 2015), call it after
 ``opt.step()``. Only weights learn (not biases).
 """
 
@@ -238,7 +239,7 @@ class STDP(Rule):
         A_plus, A_minus: LTP / LTD amplitudes (A− slightly > A+ keeps rates in check).
         tau_plus, tau_minus: kernel time constants, in steps.
         bound: "additive" or "soft" (soft bounds [w_min, w_max]).
-        normalize: target Σ_j |w_ij| per post unit for :meth:`normalize_`, or None.
+        normalize: target Σ_j ``|w_ij|`` per post unit for :meth:`normalize_`, or None.
         layers, check: pairing override and structural check (see :mod:`bimsnn.rules.base`).
         chunk: with a model, K steps per chunk: returns a
             :class:`~bimsnn.rules.chunked.ChunkedSTDP` (the same Ω, computed per chunk).
@@ -304,7 +305,7 @@ class STDP(Rule):
 
     @torch.no_grad()
     def normalize_(self) -> None:
-        """Rescale each post unit's weights to Σ_j |w_ij| = ``normalize`` (no-op if None)."""
+        """Rescale each post unit's weights to Σ_j ``|w_ij|`` = ``normalize`` (no-op if None)."""
         if self.normalize is None:
             return
         for h in self.layers:

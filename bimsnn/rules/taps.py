@@ -1,6 +1,6 @@
 """LayerTap: the hooks on one connection → neuron pair, and what they record per step.
 
-Symbols: B batch, S per-sample neuron state shape, N / (C, *in) presynaptic shape.
+Symbols: B batch, S per-sample neuron state shape, N / ``(C, *in)`` presynaptic shape.
 
 The tap hooks the connection's forward (records its input x and output y) and the neuron's
 forward-pre and forward hooks. At each neuron call it

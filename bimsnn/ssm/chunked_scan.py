@@ -20,7 +20,7 @@ state, then runs the adjoint recurrence
 
 and contracts g with B, C, Δu and A for the input gradients.
 
-Only exp(P) ≤ 1 is ever formed (A < 0, Δ ≥ 0), so large Δ·|A| cannot overflow.
+Only exp(P) ≤ 1 is ever formed (A < 0, Δ ≥ 0), so large ``Δ·|A|`` cannot overflow.
 """
 
 from __future__ import annotations

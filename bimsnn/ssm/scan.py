@@ -9,7 +9,8 @@ Public tensors are time-major, as in snnTorch:
     u, delta: (T, B, E)   A: (E, N) (negative)   B, C: (T, B, N)   D: (E,) or None
     h0: (B, E, N) or None (zeros)
 
-Three implementations share this contract:
+Three implementations share this contract::
+
     selective_scan      fast path (training): chunked kernel with a hand-written adjoint
                         (``chunked_scan.py``), O(T/K · B·E·N) saved state
     selective_scan_ref  plain per-step loop under autograd (the reference twin)

@@ -76,6 +76,7 @@ def pre_from_checkpoint(ck: dict, path) -> ASRPre:
 
 
 def save_model(path: Path, model: nn.Module, spec: dict, pre: ASRPre, tc: TrainConfig) -> Path:
+    """Write ``model.pt`` (:func:`bimsnn.models.save`) with the features and alphabet."""
     return models.save(path, model, spec, preprocessing=asdict(pre), recipe=RECIPE,
                        chars=CHARS, rule=tc.rule, train_config=asdict(tc))
 
@@ -100,6 +101,7 @@ def text_to_ids(text: str) -> list[int]:
 
 
 def ids_to_text(ids: list[int]) -> str:
+    """Label ids (1..len(CHARS); 0 is the CTC blank) to text; other ids are dropped."""
     return "".join(CHARS[i - 1] for i in ids if 0 < i <= len(CHARS))
 
 

@@ -213,6 +213,7 @@ _CAVEATS = {
 
 
 def report_md(main: dict, rows: dict, pre: SeizurePre, info: dict) -> str:
+    """The run's ``report.md``: one table row per model, then the main model's details."""
     head = ["model", "rule", "epochs", "AUC-ROC", "AUC-PR", "seizure sensitivity",
             "false alarms/h", "latency (s)", "train (s)"]
     table = md_table(head, [[n, r["rule"], r.get("epochs"), r["auc_roc"], r["auc_pr"],
@@ -260,6 +261,7 @@ def skipped_files(ds) -> list[tuple[str, str]]:
 
 
 def print_summary(rows: dict, out: Path, total: float, skipped=()) -> None:
+    """Print the skipped-file count, one metrics line per model and the run folder."""
     if skipped:
         print(f"{len(skipped)} file(s) left out by the loader (see report.md; --strict: error)")
     for n, r in rows.items():
@@ -284,6 +286,7 @@ def pre_from_checkpoint(ck: dict, path) -> SeizurePre:
 
 
 def pre_dict(pre: SeizurePre) -> dict:
+    """``pre`` as a JSON-friendly dict (``model.pt``'s ``preprocessing``)."""
     d = asdict(pre)
     d["channels"] = list(pre.channels)
     return d

@@ -273,6 +273,7 @@ def load_data(pre: KWSPre, data_dir: str | None, out: Path, *, eval_only: bool, 
 
 def save_model(path: Path, model, spec: dict, pre: KWSPre, classes: list[str],
                tc: TrainConfig) -> Path:
+    """Write ``model.pt`` (:func:`bimsnn.models.save`) with the features and classes."""
     return models.save(path, model, spec, preprocessing=asdict(pre), recipe=RECIPE,
                        classes=list(classes), rule=tc.rule, loss_window=tc.loss_window,
                        train_config=asdict(tc))

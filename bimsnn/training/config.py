@@ -1,9 +1,10 @@
 """Training configuration: one dataclass, every field a ``--flag`` (see :mod:`.cli`).
 
-Training modes (``TrainConfig.rule``), per batch:
+Training modes (``TrainConfig.rule``), per batch::
+
     bptt    ``logits = model(x)`` (B, K), one loss, ``loss.backward()`` through all of T.
     rtrl, hybrid
-            online (:mod:`bimsnn.training.online`): the model runs chunk by chunk
+            online (bimsnn.training.online): the model runs chunk by chunk
             (``chunk`` = K steps through its fused kernels, eligibility traces across
             chunks) or, with ``chunk=None``, step by step; the state handed on is detached
             and the rule writes ``.grad`` (eq. 4, 7-8).

@@ -77,6 +77,7 @@ def _on() -> bool:
 
 
 def barrier() -> None:
+    """Wait for every rank (a no-op outside torchrun)."""
     if _on():
         dist.barrier()
 

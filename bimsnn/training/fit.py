@@ -5,11 +5,12 @@ Symbols: T time, B batch, C channels, K classes (or labels), V per-step output s
 Data: a dataset item is ``(x (T, C), target, meta)``; :func:`collate` stacks a batch into
 ``x (T, B, C)`` (time-major), labels ``(B,)`` or multi-hot ``(B, K)``, and a list of metas.
 Two kinds of output:
-    one label per sequence (default)   ``model(x) -> logits (B, K)``, scored by
-                                       :func:`evaluate` and :func:`bimsnn.metrics.compute_metrics`;
-    per-step outputs (``per_step=True``) ``model.forward_seq(x) -> logits (T, B, V)``, a
-                                       sequence loss (CTC, next-token) and the caller's
-                                       ``validate``.
+
+* one label per sequence (default): ``model(x) -> logits (B, K)``, scored by
+  :func:`evaluate` and :func:`bimsnn.metrics.compute_metrics`;
+* per-step outputs (``per_step=True``): ``model.forward_seq(x) -> logits (T, B, V)``, a
+  sequence loss (CTC, next-token) and the caller's ``validate``.
+
 Both share one setup (:func:`_setup`) and one epoch loop (:func:`bimsnn.training.loop.run_epochs`).
 
 Per batch, by ``TrainConfig.rule`` (see :mod:`bimsnn.training.config`): bptt backprops one
@@ -165,7 +166,7 @@ def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset | None = None,
     Raises:
         TrainingInterrupted: SIGINT/SIGTERM, after the current batch and a checkpoint.
     Files (rank 0, when ``out_dir``): ckpt.pt (each epoch end, at ``max_steps`` and on an
-        interrupt), best.pt (best validation epoch), metrics.json, curves.png; all atomic.
+    interrupt), best.pt (best validation epoch), metrics.json, curves.png; all atomic.
     Under torchrun every rank calls ``fit``; see :mod:`bimsnn.training.distributed`.
     """
     cfg = cfg or TrainConfig()
@@ -243,9 +244,11 @@ def evaluate(model: nn.Module, ds: Dataset, cfg: TrainConfig, *,
 
     Under torchrun all ranks must call it: each scores items ``rank::world_size`` and the
     results are gathered, so every rank returns the full set.
+
     Returns:
-        dict(scores: ndarray (N,) binary / (N, K), labels: ndarray (N,) / (N, K),
-        metas: list of N, loss: mean loss). Feed to :func:`compute_metrics`.
+        dict with ``scores`` (ndarray (N,) binary / (N, K)), ``labels`` (ndarray (N,) /
+        (N, K)), ``metas`` (list of N) and ``loss`` (mean loss). Feed to
+        :func:`compute_metrics`.
     """
     info = _ddp.dist_info()
     device = next(model.parameters()).device
