@@ -133,7 +133,10 @@ def test_kws_real_fsdd_hybrid(recipe, shared_data, tmp_path):
     assert 0.0 <= res["accuracy"] <= 1.0 and res["rule"] == "hybrid"
     _, ck = models.load(tmp_path / "model.pt")
     assert ck["rule"] == "hybrid" and ck["spec"]["kwargs"]["readout"] == "li"
-    assert ck["train_config"]["hybrid_grad"] == "autograd" and ck["train_config"]["balance"]
+    # The recipe's default is the task's DEFAULT_TRAIN: chunked Hybrid, per-weight balance.
+    tc = ck["train_config"]
+    assert (tc["hybrid_grad"], tc["balance"], tc["chunk"]) == (
+        kws_task.DEFAULT_TRAIN.hybrid_grad, "element", kws_task.DEFAULT_TRAIN.chunk)
 
 
 def test_kws_speech_commands_layout(recipe, tmp_path):
