@@ -182,6 +182,29 @@ class SelectiveSSM(nn.Module):
         return selective_step(u_t, delta, A, B, C, self.D, h)
 
 
+def causal_conv(seq: Tensor, conv: nn.Conv1d) -> Tensor:
+    """Mamba's causal depthwise convolution, time-major, as d_conv shifted multiply-adds.
+
+    out_t = b + Σ_k w_k ⊙ seq_{t+k}, the same sums as ``conv(seq.permute(1, 2, 0))``.
+    ``nn.Conv1d`` keeps the parameters (so checkpoints are unchanged); the taps are done
+    here because a depthwise conv's backward costs ~8 ms per call on CPU at these sizes
+    whatever T is, which dominated short chunks of online learning.
+
+    Args:
+        seq: (d_conv - 1 + T, B, E). conv: depthwise ``nn.Conv1d(E, E, d_conv, groups=E)``.
+    Returns:
+        (T, B, E).
+    """
+    w = conv.weight[:, 0, :]                                        # (E, d_conv)
+    K = w.shape[-1]
+    T = seq.shape[0] - K + 1
+    out = torch.addcmul(conv.bias, seq[:T], w[:, 0]) if conv.bias is not None \
+        else seq[:T] * w[:, 0]
+    for k in range(1, K):
+        out = torch.addcmul(out, seq[k:k + T], w[:, k])
+    return out
+
+
 class MambaBlockState(NamedTuple):
     """State of one :class:`SpikingMamba` block between steps."""
 
@@ -246,14 +269,14 @@ class SpikingMamba(nn.Module):
         state = self.init_state(x.shape[1]) if state is None else state
         self._check_state(state, x.shape[1])
         xi, z = self.in_proj(self.norm(x)).chunk(2, dim=-1)             # (T, B, E) each
-        seq = torch.cat([state.conv, xi.permute(1, 2, 0)], dim=-1)      # (B, E, d_conv-1+T)
-        u = F.silu(self.conv1d(seq)).permute(2, 0, 1)                   # (T, B, E)
+        seq = torch.cat([state.conv.permute(2, 0, 1), xi])              # (d_conv-1+T, B, E)
+        u = F.silu(causal_conv(seq, self.conv1d))                       # (T, B, E)
         y, h = self.ssm(u, state.h)
         cur = self.out_proj(y * F.silu(z))                              # (T, B, D)
         if self.cfg.residual:
             cur = cur + x
         spk, mem = self.lif.multi_step(cur, state.mem)
-        conv = seq[..., seq.shape[-1] - (self.cfg.d_conv - 1):]
+        conv = seq[seq.shape[0] - (self.cfg.d_conv - 1):].permute(1, 2, 0)
         return spk, MambaBlockState(conv, h, mem[-1])
 
     def step(self, x_t: Tensor, state: MambaBlockState | None = None
@@ -272,7 +295,7 @@ class SpikingMamba(nn.Module):
         self._check_state(state, x_t.shape[0])
         xi, z = self.in_proj(self.norm(x_t)).chunk(2, dim=-1)           # (B, E) each
         window = torch.cat([state.conv, xi.unsqueeze(-1)], dim=-1)      # (B, E, d_conv)
-        u = F.silu(self.conv1d(window).squeeze(-1))                     # (B, E)
+        u = F.silu(causal_conv(window.permute(2, 0, 1), self.conv1d)[0])  # (B, E)
         y, h = self.ssm.step(u, state.h)
         cur = self.out_proj(y * F.silu(z))
         if self.cfg.residual:
