@@ -4,7 +4,7 @@
     python recipes/keyword_spotting.py --data-dir /data/fsdd --split speaker --test-speakers theo \
         --norm speaker --fit stretch --speed-perturb 0.8 0.9 1.1 1.2 --epochs 6 --d-model 128
     python recipes/keyword_spotting.py --dataset speechcommands --data-dir /data/SC --classes v2_12
-    python recipes/keyword_spotting.py --rule hybrid --lr 1e-3 --epochs 15  # online, step by step
+    python recipes/keyword_spotting.py --rule hybrid      # online: chunks of 32 steps, traces across
     python recipes/keyword_spotting.py --eval-only --checkpoint runs/keyword_spotting/model.pt \
         --data-dir NEW_FSDD_FOLDER                                  # scores every file
     torchrun --nproc_per_node=2 recipes/keyword_spotting.py         # data parallel
