@@ -12,7 +12,8 @@ Execution (``slow``): each notebook runs top to bottom in a fresh ``python3`` ke
 inline backend (headless; it embeds every figure as PNG in the outputs), the exercise cells
 unfilled: every check must then print "not answered yet", no cell may fail, at least two
 figures must be drawn, and it must finish in under two minutes. CI runs it (``pytest -q``
-selects every marker).
+selects every marker). Notebook 07 runs a second time with ``BIMSNN_SHARED_DATA`` pointing
+nowhere: it must fall back to the generated demo EEG/ECG and say so in its output.
 
 Executed copies: when the environment variable ``BIMSNN_EXECUTED_NB_DIR`` is set, each
 executed notebook (with its outputs and figures) is also written to that directory under its
@@ -97,9 +98,8 @@ def test_every_notebook_has_a_solutions_file():
     assert names == {f"{p.stem}_solutions.py" for p in NOTEBOOKS}
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebook_executes(path, monkeypatch, tmp_path):
+def execute(path: Path, monkeypatch, tmp_path) -> tuple:
+    """Run one notebook headless (see the module docstring); return it and the seconds taken."""
     from nbclient import NotebookClient
 
     monkeypatch.setenv("MPLBACKEND", INLINE_BACKEND)
@@ -109,16 +109,35 @@ def test_notebook_executes(path, monkeypatch, tmp_path):
                             resources={"metadata": {"path": str(tmp_path)}})
     t0 = time.perf_counter()
     client.execute()                      # raises CellExecutionError on any failing cell
-    elapsed = time.perf_counter() - t0
+    return nb, time.perf_counter() - t0
+
+
+def stream_text(nb) -> str:
+    return "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
+                   for o in c.outputs if o.output_type == "stream")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_executes(path, monkeypatch, tmp_path):
+    nb, elapsed = execute(path, monkeypatch, tmp_path)
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     images = [o for o in outputs if "image/png" in o.get("data", {})]
     assert len(images) >= 2, f"{path.name}: {len(images)} figures"
-    text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
-    assert text.count("not answered yet") == len(course.EXERCISES[path.name[:2]])
+    assert stream_text(nb).count("not answered yet") == len(course.EXERCISES[path.name[:2]])
 
     out_dir = os.environ.get("BIMSNN_EXECUTED_NB_DIR")
     if out_dir:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         nbformat.write(nb, Path(out_dir) / path.name)
     assert elapsed < 120, f"{path.name} took {elapsed:.0f} s (budget: < 2 min on a laptop)"
+
+
+@pytest.mark.slow
+def test_encoders_notebook_falls_back_to_demo_data_and_says_so(monkeypatch, tmp_path):
+    monkeypatch.setenv("BIMSNN_SHARED_DATA", str(tmp_path / "no_shared_data"))
+    nb, _ = execute(EXAMPLES / "07_spike_encoders.ipynb", monkeypatch, tmp_path)
+    text = stream_text(nb)
+    assert "SIMULATED demo EEG" in text and "SIMULATED demo ECG" in text
+    assert "shared data folder absent" in text
