@@ -525,7 +525,7 @@ def check_memory_steps(answer) -> bool | None:
     """Notebook 08, exercise 3: how long a selective state remembers.
 
     ``answer(delta, A) -> steps`` for the state to decay by a factor e with constant Δ:
-    exp(Δ·A·k) = 1/e, k = 1/(Δ·|A|).
+    exp(Δ·A·k) = 1/e, ``k = 1/(Δ·|A|)``.
     """
     def body(fn):
         for delta, A in ((0.1, -1.0), (0.01, -2.0), (1.0, -0.5)):
@@ -539,7 +539,7 @@ def check_memory_steps(answer) -> bool | None:
 def check_prune_prob(answer) -> bool | None:
     """Notebook 09, exercise 1: the pruning probability of eq. 9 (small weights pruned).
 
-    ``answer(w, theta, beta) -> p`` elementwise: p = σ(β(θ − |w|)), as
+    ``answer(w, theta, beta) -> p`` elementwise: ``p = σ(β(θ − |w|))``, as
     :meth:`bimsnn.rules.AdaptivePruning.prune_prob`.
     """
     def body(fn):
@@ -555,7 +555,7 @@ def check_prune_prob(answer) -> bool | None:
 def check_hard_threshold(answer) -> bool | None:
     """Notebook 09, exercise 2: the magnitude threshold for a target sparsity.
 
-    ``answer(w, rho) -> θ`` such that a fraction ρ of the entries has |w| < θ (β → ∞ in
+    ``answer(w, rho) -> θ`` such that a fraction ρ of the entries has ``|w| < θ`` (β → ∞ in
     eq. 9: deterministic magnitude pruning). Accepted within 0.01 in sparsity.
     """
     def body(fn):
