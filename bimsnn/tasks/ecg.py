@@ -101,16 +101,14 @@ DATASET_DEFAULTS = {
 
 def default_train(dataset: str) -> TrainConfig:
     """The recipe's TrainConfig for ``dataset``: chunked online Hybrid (K = 16 steps) with
-    λ = 0.9 as each weight's share of its update (``balance="element"``), without the
-    x_proj traces (as every recipe: x_proj learns within a chunk; see ``tasks.seizure``)."""
+    λ = 0.9 as each weight's share of its update (``balance="element"``)."""
     if dataset == "mitbih":
         return TrainConfig(epochs=30, batch_size=32, lr=2e-3, schedule="cosine",
                            rule="hybrid", lam=0.9, balance="element", chunk=16,
-                           x_proj_traces=False, task="multiclass", loss_window=0.5,
-                           grad_clip=1.0)
+                           task="multiclass", loss_window=0.5, grad_clip=1.0)
     return TrainConfig(epochs=10, batch_size=32, lr=5e-3, rule="hybrid", lam=0.9,
-                       balance="element", chunk=16, x_proj_traces=False, task="multilabel",
-                       loss_window=1.0, grad_clip=1.0)
+                       balance="element", chunk=16, task="multilabel", loss_window=1.0,
+                       grad_clip=1.0)
 
 
 def default_model(dataset: str) -> ModelConfig:

@@ -72,16 +72,13 @@ DATASET_DEFAULTS = {
 # steps on the demo and 31 filterbank frames on Bonn / CHB-MIT; K = 64 and 16 both cut it
 # in two chunks. Each chunk pays a fixed cost of small kernels and one backward call, so
 # on the demo K = 16 (8 chunks) takes about 2x the time of K = 64 for the same AUC.
-# The SSM's x_proj traces (exact credit across chunks for the Δ and B projections, the
-# O(B·N·E²) part of the trace cost) are off in every recipe: x_proj then learns within a
-# chunk only. On the demo that took RTRL from 1.27x to 1.01x of BPTT's epoch, AUC 0.9998.
 # Measured choices: benchmarks/RESULTS.md.
 def default_train(dataset: str) -> TrainConfig:
     """The recipe's TrainConfig for ``dataset`` (demo | chbmit | bonn)."""
     return TrainConfig(epochs=8 if dataset == "demo" else 16, batch_size=64, lr=5e-3,
                        rule="hybrid", lam=0.9, balance="element",
-                       chunk=64 if dataset == "demo" else 16, x_proj_traces=False,
-                       task="binary", loss_window=1.0, grad_clip=1.0)
+                       chunk=64 if dataset == "demo" else 16, task="binary",
+                       loss_window=1.0, grad_clip=1.0)
 
 
 DEFAULT_MODEL = ModelConfig(model="spiking_mamba", d_model=16, d_state=8)
