@@ -114,7 +114,8 @@ def _rel(a: dict, b: dict) -> float:
 
 def grad_errors(train, spec_for, tc: TrainConfig, _loss_fn=None) -> tuple[float, float]:
     """(chunk=1 vs the per-step rule, chunk=T vs BPTT), max relative error over parameter
-    tensors of one RTRL pass on 8 demo windows, float64, per-step cross-entropy."""
+    tensors of one RTRL pass on 8 demo windows, float64, per-step cross-entropy, with every
+    trace kept (``x_proj_traces=True``, the exact rule)."""
     loss_fn = torch.nn.functional.cross_entropy
     x = torch.stack([train[i][0] for i in range(8)], 1).double()             # (T, 8, C)
     y = torch.stack([torch.as_tensor(train[i][1]) for i in range(8)])
@@ -126,7 +127,9 @@ def grad_errors(train, spec_for, tc: TrainConfig, _loss_fn=None) -> tuple[float,
             logits = model.forward_seq(x)[0]
             sum(loss_fn(z, y) for z in logits).div(len(logits)).backward()
         else:
-            with make_rule(model, replace(tc, rule="rtrl", chunk=chunk)) as rule:
+            # x_proj traces on: the recipe may drop them (an approximation) for speed.
+            with make_rule(model, replace(tc, rule="rtrl", chunk=chunk,
+                                          x_proj_traces=True)) as rule:
                 online_pass(model, rule, x, WindowTarget(y, loss_fn, 1.0))
         return {n: p.grad.detach().clone() for n, p in model.named_parameters()
                 if p.grad is not None}
