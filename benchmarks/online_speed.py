@@ -24,6 +24,7 @@ Ends with:
            chunkT_grad_err=... online_mem_ratio_20k_over_1k=... (+ kws_* keys)
 
 Usage: python benchmarks/online_speed.py [--repeats 3] [--tasks seizure kws]
+       [--chunk K] [--x-proj-traces default|on|off]   (time settings other than the defaults)
 """
 
 from __future__ import annotations
@@ -90,8 +91,13 @@ def one_epoch(spec: dict, train, tc: TrainConfig, loss_fn) -> tuple[float, float
     return time.process_time() - c0, time.perf_counter() - w0
 
 
-def measure_task(name: str, setup, repeats: int) -> dict:
+def measure_task(name: str, setup, repeats: int, chunk: int | None = None,
+                 x_proj: str = "default") -> dict:
     train, spec_for, tc, loss_fn = setup
+    if chunk is not None:
+        tc = replace(tc, chunk=chunk)
+    if x_proj != "default":
+        tc = replace(tc, x_proj_traces=x_proj == "on")
     cpu: dict = {r: [] for r in RULES}
     wall: dict = {r: [] for r in RULES}
     for _ in range(repeats):
@@ -100,7 +106,8 @@ def measure_task(name: str, setup, repeats: int) -> dict:
             cpu[r].append(c)
             wall[r].append(w)
     med = {r: statistics.median(v) for r, v in cpu.items()}
-    print(f"{name}: one epoch ({len(train)} items, chunk {tc.chunk}), median of {repeats} "
+    print(f"{name}: one epoch ({len(train)} items, chunk {tc.chunk}, x_proj traces "
+          f"{'on' if tc.x_proj_traces else 'off'}), median of {repeats} "
           f"(CPU s | wall s | CPU ratio to bptt)")
     for r in RULES:
         print(f"  {r:8s} {med[r]:8.2f} {statistics.median(wall[r]):8.2f}   "
@@ -142,15 +149,20 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--tasks", nargs="*", default=["seizure", "kws"], choices=["seizure", "kws"],
                     help="timed tasks (none: only the gradient and memory checks)")
+    ap.add_argument("--chunk", type=int, default=None,
+                    help="override the recipes' default chunk K (to time other K)")
+    ap.add_argument("--x-proj-traces", choices=["default", "on", "off"], default="default",
+                    help="override the recipes' x_proj-traces setting")
     args = ap.parse_args()
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     res: dict = {}
     sz = seizure_setup()
     if "seizure" in args.tasks:
-        res.update(measure_task("seizure", sz, args.repeats))
+        res.update(measure_task("seizure", sz, args.repeats, args.chunk, args.x_proj_traces))
     if "kws" in args.tasks and (kws := kws_setup()) is not None:
-        res.update({f"kws_{k}": v for k, v in measure_task("kws", kws, args.repeats).items()})
+        res.update({f"kws_{k}": v for k, v in measure_task(
+            "kws", kws, args.repeats, args.chunk, args.x_proj_traces).items()})
     e1, eT = grad_errors(*sz)
     print(f"gradients: chunk=1 vs per-step RTRL {e1:.2e}, chunk=T vs BPTT {eT:.2e}")
     mem = online_chunked.measure_memory(sz[2].chunk)
