@@ -99,9 +99,14 @@ def test_chunk1_hybrid_equals_step_rule(name, case):
     net = NETS[name]()
     with Hybrid(net, stdp=STDP(**stdp), **kwargs(net)) as rule:
         ref = per_step(net, rule, x, loss_fn(tgt))
+        omegas_ref = [o.clone() for o in rule.omegas]
+        assert all(a is b for a, b in zip(rule.omegas, rule.stdp.omegas))
     net = NETS[name]()
     with ChunkedHybrid(net, chunk=1, stdp=STDP(**stdp), **kwargs(net)) as rule:
         got = chunked(net, rule, x, loss_fn(tgt))
+        assert len(rule.omegas) == len(omegas_ref) > 0
+        for o, r in zip(rule.omegas, omegas_ref):       # the same Ω under the same name
+            assert r.norm() > 0 and rel(o, r) <= 1e-10
     print(name, case, "chunk=1 Hybrid rel err", assert_close(got, ref))
 
 

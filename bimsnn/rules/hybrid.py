@@ -124,6 +124,12 @@ class LambdaMix:
         self._scaled = [(p, per_param.get(p, 1.0)) for p in params
                         if per_param.get(p, 1.0) != 1.0]
 
+    @property
+    def omegas(self) -> list[Tensor]:
+        """Each pair's Ω (eq. 5) since the last ``reset``, (out, in) per pair: the same
+        list for the per-step and the chunked Hybrid."""
+        return [h.omega for h in self.stdp_layers]
+
     def _init_balance(self, balance) -> None:
         self.balance = balance_mode(balance)
         if not self.balance:
@@ -217,7 +223,7 @@ class Hybrid(LambdaMix, Rule):
         pool_traces: RTRL's trace layout with max pooling before a neuron (see
             :mod:`bimsnn.rules.rtrl`).
 
-    ``rule.stdp.omegas`` holds each pair's Ω since the last :meth:`reset`.
+    ``rule.omegas`` (also ``rule.stdp.omegas``) holds each pair's Ω since the last :meth:`reset`.
     """
 
     def __new__(cls, model: nn.Module, *args, chunk: int | None = None, **kw):
