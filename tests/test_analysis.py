@@ -11,7 +11,15 @@ from torch import nn
 
 from bimsnn import Leaky
 from bimsnn.analysis.energy import E_AC_PJ, E_MAC_PJ, energy_report, spike_sparsity, synops
-from bimsnn.analysis.memory import MemoryConfig, measure, memory_vs_T, plot_memory
+from bimsnn.analysis.memory import (
+    MemoryConfig,
+    make_data,
+    make_model,
+    measure,
+    memory_vs_T,
+    plot_memory,
+    train_once,
+)
 from bimsnn.analysis.plasticity import (
     PairProtocol,
     fit_window,
@@ -140,6 +148,25 @@ def test_graph_bytes_grow_with_T_for_bptt_only():
     assert g[("rtrl", 40)] < g[("bptt", 40)] / 10
     ax = plot_memory(df, y="graph_mb")
     assert len(ax.get_lines()) == 2
+
+
+@pytest.mark.parametrize("model", ["mlp", "mamba"])
+def test_chunked_graph_bytes_are_flat_in_T_and_follow_K(model):
+    """*_chunk methods: the saved-for-backward peak is one chunk's graph, whatever T, and
+    grows with K; the pass writes finite gradients."""
+    g = {}
+    for K in (8, 32):
+        cfg = MemoryConfig(model=model, width=16, batch=2, chunk=K)
+        df = memory_vs_T([64, 256], ("rtrl_chunk", "hybrid_chunk"), cfg, subprocess_=False)
+        g[K] = df.set_index(["method", "T"])["graph_mb"]
+        for m in ("rtrl_chunk", "hybrid_chunk"):
+            assert g[K][(m, 256)] == pytest.approx(g[K][(m, 64)], rel=0.05)
+    assert g[32][("rtrl_chunk", 256)] > 2 * g[8][("rtrl_chunk", 256)]
+    net = make_model(MemoryConfig(model=model, width=16, batch=2))
+    x, y = make_data(MemoryConfig(model=model, width=16, batch=2), 40)
+    train_once("rtrl_chunk", net, x, y, chunk=16)
+    grads = [p.grad for p in net.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(gr).all() for gr in grads)
 
 
 @pytest.mark.slow

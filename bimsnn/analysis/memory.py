@@ -11,6 +11,10 @@ cross-entropy on per-step logits, ``.grad`` written, no optimizer step)::
              ``model.step`` per step with the rule (:mod:`bimsnn.rules`) attached and
              ``rule.backward(loss_t)`` each step: the carried state is detached, each step's
              graph is freed at once, so memory is O(1) in T (stdp: no loss, ``backward(None)``).
+    rtrl_chunk, hybrid_chunk
+             the chunked rules (``RTRL(model, chunk=K)``, K = ``MemoryConfig.chunk``):
+             ``model.forward_seq`` over K steps (fused kernels), ``rule.backward`` per chunk,
+             state detached between chunks: O(K), whatever T.
 
 Two measures, both per (method, T)::
 
@@ -52,7 +56,7 @@ from bimsnn.state import detach_tree
 __all__ = ["MemoryConfig", "SpikingMLP", "make_model", "train_once", "GraphBytes", "measure",
            "memory_vs_T", "plot_memory", "METHODS"]
 
-METHODS = ("bptt", "rtrl", "hybrid", "stdp")
+METHODS = ("bptt", "rtrl", "hybrid", "stdp", "rtrl_chunk", "hybrid_chunk")
 
 
 @dataclass
@@ -67,10 +71,13 @@ class MemoryConfig:
     batch: int = 4
     rate: float = 0.3           # input spike probability per step
     seed: int = 0
+    chunk: int = 64             # K of the *_chunk methods
 
     def __post_init__(self):
         if self.model not in ("mlp", "mamba"):
             raise ValueError(f"MemoryConfig.model must be 'mlp' or 'mamba', got {self.model!r}")
+        if self.chunk < 1:
+            raise ValueError(f"MemoryConfig.chunk must be ≥ 1, got {self.chunk}")
 
 
 def make_model(cfg: MemoryConfig) -> nn.Module:
@@ -128,8 +135,9 @@ class GraphBytes:
 
 
 def train_once(method: str, net: nn.Module, x: Tensor, y: Tensor,
-               meter: GraphBytes | None = None) -> None:
-    """One training pass over one sequence (see module docstring), writing ``.grad``."""
+               meter: GraphBytes | None = None, chunk: int = 64) -> None:
+    """One training pass over one sequence (see module docstring), writing ``.grad``.
+    ``chunk``: K of the ``*_chunk`` methods."""
     T, B = x.shape[:2]
     net.zero_grad(set_to_none=True)
     freed = meter.freed if meter is not None else (lambda: None)
@@ -149,6 +157,20 @@ def train_once(method: str, net: nn.Module, x: Tensor, y: Tensor,
 
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if method.endswith("_chunk"):
+        rule = {"rtrl_chunk": RTRL, "hybrid_chunk": Hybrid}[method](net, chunk=chunk)
+        try:
+            rule.reset(B)
+            state = net.init_state(B)
+            for t0 in range(0, T, chunk):
+                logits, state = net.forward_seq(x[t0:t0 + chunk], state)     # (k, B, K)
+                state = detach_tree(state)
+                k = logits.shape[0]
+                rule.backward(F.cross_entropy(logits.flatten(0, 1), y.repeat(k)) * (k / T))
+                freed()
+        finally:
+            rule.remove()
+        return
     rule = {"rtrl": RTRL, "hybrid": Hybrid, "stdp": STDP}[method](net)
     try:
         rule.reset(B)
@@ -186,7 +208,7 @@ def _child(spec: dict) -> dict:
     base = _rss_mb("VmRSS") if hwm else peak_rss_mib()
     t0 = time.perf_counter()
     with GraphBytes(net, (x,)) as meter:
-        train_once(spec["method"], net, x, y, meter)
+        train_once(spec["method"], net, x, y, meter, chunk=cfg.chunk)
     dt = time.perf_counter() - t0
     peak = _rss_mb("VmHWM") if hwm else peak_rss_mib()
     return {"method": spec["method"], "T": spec["T"], "base_mb": base, "peak_mb": peak,
@@ -205,7 +227,7 @@ def measure(method: str, T: int, cfg: MemoryConfig | None = None,
         x, y = make_data(cfg, int(T))
         t0 = time.perf_counter()
         with GraphBytes(net, (x,)) as meter:
-            train_once(method, net, x, y, meter)
+            train_once(method, net, x, y, meter, chunk=cfg.chunk)
         return {"method": method, "T": int(T), "base_mb": float("nan"),
                 "peak_mb": float("nan"), "net_mb": float("nan"),
                 "graph_mb": meter.peak / 2**20,
@@ -264,7 +286,9 @@ def main(argv=None) -> None:
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--Ts", type=int, nargs="+", default=[100, 1000, 5000])
-    ap.add_argument("--methods", nargs="+", default=["bptt", "rtrl", "hybrid"])
+    ap.add_argument("--methods", nargs="+", default=["bptt", "rtrl", "hybrid"],
+                    choices=METHODS)
+    ap.add_argument("--chunk", type=int, default=64, help="K of the *_chunk methods")
     ap.add_argument("--model", default="mlp", choices=("mlp", "mamba"))
     ap.add_argument("--width", type=int, default=128)
     ap.add_argument("--batch", type=int, default=4)
@@ -275,7 +299,7 @@ def main(argv=None) -> None:
     if args.child:
         print(json.dumps(_child(json.loads(args.child))))
         return
-    cfg = MemoryConfig(model=args.model, width=args.width, batch=args.batch)
+    cfg = MemoryConfig(model=args.model, width=args.width, batch=args.batch, chunk=args.chunk)
     df = memory_vs_T(args.Ts, args.methods, cfg, jobs=args.jobs)
     print(df.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
     if args.plot:
