@@ -358,3 +358,16 @@ def test_lm_windows_and_bits_per_character_at_word_level():
     assert {w: char_len[vocab.encode([w])[0]].item() for w in ("a", "bb", "<eos>")} == {
         "a": 2.0, "bb": 3.0, "<eos>": 1.0}
     assert torch.equal(lm.chars_per_token(vocab, "char"), torch.ones(len(vocab)))
+
+
+@pytest.mark.parametrize("name", ["mamba", "lstm"])
+def test_unigram_bias_gives_smoothed_frequencies_at_init(name):
+    """The output bias starts at log p(v), p add-one smoothed over the training ids: the
+    softmax of the bias alone is that distribution, for both LM models."""
+    ids = torch.tensor([0, 1, 1, 2, 2, 2, 2, 4])                 # V = 6: 3 and 5 unseen
+    model = models.build(lm.lm_spec(name, 6, d_embed=4, d_model=8, d_state=4))
+    lm.unigram_bias_(model, ids)
+    head = model.net.out_fc if name == "mamba" else model.head
+    want = torch.tensor([2.0, 3.0, 5.0, 1.0, 2.0, 1.0]) / 14.0
+    torch.testing.assert_close(F.softmax(head.bias.double(), 0), want.double(),
+                               rtol=1e-6, atol=1e-7)
