@@ -60,7 +60,7 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
-try:  # `python benchmarks/online_chunked.py` puts benchmarks/ on sys.path; `-m` does not.
+try:  # `python benchmarks/online_chunked.py` can import its neighbours directly; `-m` cannot.
     from benchutil import result_line
 except ImportError:
     from benchmarks.benchutil import result_line
