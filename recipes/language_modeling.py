@@ -1,9 +1,10 @@
-"""Character- and word-level language modelling with a spiking Mamba (or an LSTM baseline).
+"""Character- and word-level language modelling with a spiking Mamba, against an LSTM.
 
     python recipes/language_modeling.py                          # embedded corpus, char level
+    python recipes/language_modeling.py --compare smooth,lstm    # + the non-spiking twin
     python recipes/language_modeling.py --level word --epochs 3
     python recipes/language_modeling.py --data-dir /data/wikitext-103 --level char
-    python recipes/language_modeling.py --model lstm             # non-spiking baseline (BPTT)
+    python recipes/language_modeling.py --model lstm --compare none  # the LSTM alone
     python recipes/language_modeling.py --rule hybrid --max-train-tokens 20000
     python recipes/language_modeling.py --eval-only --checkpoint runs/language_modeling/model.pt
     torchrun --nproc_per_node=2 recipes/language_modeling.py     # data parallel
@@ -14,16 +15,23 @@ in that layout to ``<out>/corpus`` and used: no download. The vocabulary comes f
 training split (``<unk>`` for anything else).
 
 Model (``--model mamba``): ids (T, B) → Embedding (E) → Linear + LIF (E → D spikes) →
-``--n-layers`` SpikingMamba blocks → Linear (D → V) → per-step logits (T, B, V); every
-window of ``--seq-len`` tokens starts from a zero state. Metrics on the test split (and
-valid, per epoch): ``bpc`` (bits per character) and ``ppl`` (perplexity per token: per
-character at ``--level char``, per word at ``word``); see :mod:`bimsnn.tasks.lm`.
+``--n-layers`` SpikingMamba blocks → Linear (D → V) → per-step logits (T, B, V); the
+Linear reads the last block's pre-LIF current (``--readout``); every window of
+``--seq-len`` tokens starts from a zero state. ``--model smooth`` is its non-spiking twin
+(each LIF passes its surrogate's smooth σ(U − U_thr), same parameters); ``--model lstm``
+an LSTM whose hidden width (``--lstm-hidden``, default) matches the spiking model's
+parameter count. ``--compare`` trains those baselines in the same run, with the same
+TrainConfig (same epochs, batches, steps, learning rate), BPTT. Metrics on the test split
+(and valid, per epoch): ``bpc`` (bits per character) and ``ppl`` (perplexity per token:
+per character at ``--level char``, per word at ``word``); see :mod:`bimsnn.tasks.lm`.
 
 Training: :func:`bimsnn.training.fit` with ``per_step=True``: BPTT, or any online
 ``--rule`` (the per-step errors of a first pass drive the rule step by step). Outputs in
 ``--out`` (default runs/language_modeling): metrics.json (``bpc``, ``ppl``,
-``train_seconds``, ``peak_rss_mb``), curves.png, model.pt (weights + vocabulary + spec;
-``bimsnn.models.load``), ckpt.pt, best.pt (``--resume``).
+``train_seconds``, ``peak_rss_mb``, ``comparison`` {model: bpc, ppl, params, seconds},
+``bpc_ratio`` to each baseline), report.md (that table), curves.png, model.pt (weights +
+vocabulary + spec; ``bimsnn.models.load``), ckpt.pt, best.pt (``--resume``),
+compare/<model>/.
 """
 
 from __future__ import annotations
@@ -38,7 +46,7 @@ from bimsnn import models
 from bimsnn.data import Vocab
 from bimsnn.data.text import tokenize
 from bimsnn.tasks import lm as task
-from bimsnn.tasks.common import peak_rss_mb, run_dir, stopped_at_max_steps
+from bimsnn.tasks.common import md_table, peak_rss_mb, run_dir, stopped_at_max_steps
 from bimsnn.training import (
     RunConfig,
     TrainConfig,
@@ -50,13 +58,21 @@ from bimsnn.training import (
     write_json,
 )
 
+MODELS = ("mamba", "smooth", "lstm")
+
 
 @dataclass
 class LMConfig(RunConfig):
     data_dir: str | None = flag(None, "WikiText-103 folder (none: the embedded pydoc corpus)")
     suffix: str = flag("tokens", "split files wiki.<split>.<suffix>", ("tokens", "raw"))
     level: str = flag("char", "token unit", ("char", "word"))
-    model: str = flag("mamba", "spiking Mamba or the LSTM baseline", ("mamba", "lstm"))
+    model: str = flag("mamba", "spiking Mamba, its smooth twin, or the LSTM", MODELS)
+    compare: str = flag("lstm", "baselines trained (BPTT) in the same run for the same "
+                        "steps: comma list of smooth, lstm, or none")
+    readout: str = flag("current", "what the logits read from the last spiking block",
+                        ("current", "membrane", "spikes"))
+    lstm_hidden: int | None = flag(None, "LSTM hidden width (none: the spiking model's "
+                                   "parameter count)")
     seq_len: int = flag(64, "T, tokens per training/eval window")
     d_embed: int = flag(32, "E, embedding width")
     d_model: int = flag(96, "D, spiking Mamba width (LSTM hidden width)")
@@ -67,6 +83,24 @@ class LMConfig(RunConfig):
     max_vocab: int | None = flag(None, "cap on V (most frequent kept)")
     max_train_tokens: int | None = flag(None, "use only the first tokens of train (quick runs)")
     max_eval_tokens: int | None = flag(None, "use only the first tokens of valid/test")
+
+    @property
+    def baselines(self) -> list[str]:
+        names = [n.strip() for n in self.compare.split(",") if n.strip() not in ("", "none")]
+        bad = [n for n in names if n not in MODELS]
+        if bad:
+            raise ValueError(f"--compare: unknown models {bad}; choose from {MODELS} or none")
+        return [n for n in names if n != self.model]
+
+    def spec(self, model: str, vocab_size: int) -> dict:
+        """The registry spec of ``model`` under these flags; the LSTM's width matches the
+        spiking model's parameter count unless --lstm-hidden is given."""
+        kw = dict(d_embed=self.d_embed, d_model=self.d_model, n_layers=self.n_layers,
+                  d_state=self.d_state, beta=self.beta, readout_input=self.readout)
+        hidden = self.lstm_hidden or task.lstm_hidden_for(
+            task.n_params(task.lm_spec("mamba", vocab_size, **kw)), vocab_size, self.d_embed,
+            self.n_layers)
+        return task.lm_spec(model, vocab_size, **kw, lstm_hidden=hidden)
 
 
 TRAIN = TrainConfig(epochs=2, batch_size=32, lr=3e-3, grad_clip=1.0, hybrid_grad="autograd")
@@ -91,8 +125,7 @@ def main(argv: list[str] | None = None) -> dict:
     if not cfg.eval_only:
         level, seq_len = cfg.level, cfg.seq_len
         vocab = Vocab.build(tokenize(texts["train"], level), cfg.min_count, cfg.max_vocab)
-        spec = task.lm_spec(cfg.model, len(vocab), d_embed=cfg.d_embed, d_model=cfg.d_model,
-                            n_layers=cfg.n_layers, d_state=cfg.d_state, beta=cfg.beta)
+        spec = cfg.spec(cfg.model, len(vocab))
     data = task.windows(texts, vocab, level, seq_len, cfg.max_train_tokens, cfg.max_eval_tokens)
     char_len = task.chars_per_token(vocab, level)
     print(f"{level} level: V={len(vocab)}, windows of {seq_len} train/valid/test "
@@ -105,12 +138,20 @@ def main(argv: list[str] | None = None) -> dict:
             return {"interrupted": True, "out": str(out)}
     model.to(device)
     test = task.lm_eval(model, data["test"], tc.batch_size, char_len)
+    n_par = sum(p.numel() for p in model.parameters())
+    rows = {cfg.model: _row(test, n_par, secs)}
+    for name in [] if cfg.eval_only else cfg.baselines:   # same TrainConfig: same steps
+        btc = replace(tc, rule="bptt", max_steps=None, out_dir=str(out / "compare" / name))
+        bmodel, _, bsecs = task.train_lm(cfg.spec(name, len(vocab)), data, btc, char_len)
+        btest = task.lm_eval(bmodel.to(device), data["test"], tc.batch_size, char_len)
+        rows[name] = _row(btest, sum(p.numel() for p in bmodel.parameters()), bsecs)
     result = {"bpc": test["bpc"], "ppl": test["ppl"], "loss": test["loss"],
               "tokens": test["tokens"], "level": level, "vocab_size": len(vocab),
-              "model": spec, "params": sum(p.numel() for p in model.parameters()),
-              "rule": tc.rule, "train_seconds": secs, "peak_rss_mb": peak_rss_mb(),
-              "wall_s": time.perf_counter() - t_start, "history": history,
-              "checkpoint": str(ck_path) if cfg.eval_only else None,
+              "model": spec, "params": n_par, "rule": tc.rule, "train_seconds": secs,
+              "comparison": rows, "bpc_ratio": {n: test["bpc"] / r["bpc"] for n, r in
+                                                rows.items() if n != cfg.model},
+              "peak_rss_mb": peak_rss_mb(), "wall_s": time.perf_counter() - t_start,
+              "history": history, "checkpoint": str(ck_path) if cfg.eval_only else None,
               "config": {"recipe": asdict(cfg), "train": asdict(tc)}}
     if dist.is_main:
         if not cfg.eval_only:
@@ -118,9 +159,20 @@ def main(argv: list[str] | None = None) -> dict:
                         preprocessing=task.lm_pre(vocab, level, seq_len),
                         train_config=asdict(tc))
         write_json(result, out / "metrics.json")
-        print(f"test: bpc {test['bpc']:.3f}, ppl {test['ppl']:.2f} ({level} level, "
-              f"{test['tokens']} tokens) in {result['wall_s']:.0f} s; wrote {out}")
+        table = md_table(["model", "test bpc", "ppl", "params", "train s"],
+                         [[n, r["bpc"], r["ppl"], r["params"], r["train_seconds"]]
+                          for n, r in rows.items()])
+        ratios = "".join(f"; bpc ratio {cfg.model}/{n} {v:.3f}"
+                         for n, v in result["bpc_ratio"].items())
+        (out / "report.md").write_text(f"# Language modelling ({level} level, "
+                                       f"{test['tokens']} test tokens)\n\n{table}\n")
+        print(f"{table}\ntest: bpc {test['bpc']:.3f}, ppl {test['ppl']:.2f} ({level} level, "
+              f"{test['tokens']} tokens){ratios}; {result['wall_s']:.0f} s; wrote {out}")
     return {**result, "out": str(out)}
+
+
+def _row(test: dict, params: int, secs: float | None) -> dict:
+    return {"bpc": test["bpc"], "ppl": test["ppl"], "params": params, "train_seconds": secs}
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from bimsnn.neurons import Leaky
 from bimsnn.ssm.scan import selective_scan, selective_step
 
 _READOUTS = ("li", "mean_mem")
+_READOUT_INPUTS = ("spikes", "membrane", "current")
 _NORMS = ("none", "rms", "layer")
 
 
@@ -55,6 +56,10 @@ class MambaConfig:
     Readout ("li" or "mean_mem"): per-step logits are the membrane of a non-spiking leaky
         integrator ``m_t = readout_beta·m_{t-1} + W s_t + b`` ("li"), or its running mean
         over time ``(1/t)·Σ_{s≤t} m_s`` ("mean_mem"). ``forward`` returns the last step.
+    readout_input: what the last block hands to the readout ``W``: its spikes s_t
+        ("spikes", the default), its LIF membrane U_t ("membrane") or its pre-LIF current
+        cur_t ("current"). The last two leave the block's final spike nonlinearity off the
+        path to the logits; the language model needs that (benchmarks/RESULTS.md).
     """
 
     d_model: int
@@ -73,6 +78,7 @@ class MambaConfig:
     spike_grad: Callable | None = None  # surrogate (bimsnn.surrogate / snnTorch); None → ATan(2)
     readout: str = "li"
     readout_beta: float = 0.9
+    readout_input: str = "spikes"
     residual: bool = True
     norm: str = "none"
     d_inner: int = field(init=False)  # derived: expand·d_model
@@ -98,6 +104,9 @@ class MambaConfig:
             raise ValueError(f"MambaConfig.threshold must be > 0, got {self.threshold}")
         if self.readout not in _READOUTS:
             raise ValueError(f"MambaConfig.readout must be one of {_READOUTS}, got {self.readout!r}")
+        if self.readout_input not in _READOUT_INPUTS:
+            raise ValueError(f"MambaConfig.readout_input must be one of {_READOUT_INPUTS}, "
+                             f"got {self.readout_input!r}")
         if self.norm not in _NORMS:
             raise ValueError(f"MambaConfig.norm must be one of {_NORMS}, got {self.norm!r}")
         self.d_inner = self.expand * self.d_model
@@ -263,6 +272,16 @@ class SpikingMamba(nn.Module):
         Returns:
             spk: (T, B, D), state after the last step.
         """
+        spk, _, _, state = self.forward_full(x, state)
+        return spk, state
+
+    def forward_full(self, x: Tensor, state: MambaBlockState | None = None
+                     ) -> tuple[Tensor, Tensor, Tensor, MambaBlockState]:
+        """:meth:`forward` that also returns the LIF membrane and its input current.
+
+        Returns:
+            spk, mem, cur: (T, B, D) each; state after the last step.
+        """
         D = self.cfg.d_model
         if x.dim() != 3 or x.shape[-1] != D:
             raise _shape_error("SpikingMamba.forward", f"(T, B, {D})", x)
@@ -277,7 +296,7 @@ class SpikingMamba(nn.Module):
             cur = cur + x
         spk, mem = self.lif.multi_step(cur, state.mem)
         conv = seq[seq.shape[0] - (self.cfg.d_conv - 1):].permute(1, 2, 0)
-        return spk, MambaBlockState(conv, h, mem[-1])
+        return spk, mem, cur, MambaBlockState(conv, h, mem[-1])
 
     def step(self, x_t: Tensor, state: MambaBlockState | None = None
              ) -> tuple[Tensor, MambaBlockState]:
@@ -288,6 +307,13 @@ class SpikingMamba(nn.Module):
         Returns:
             spk_t: (B, D), new state.
         """
+        spk, _, state = self.step_full(x_t, state)
+        return spk, state
+
+    def step_full(self, x_t: Tensor, state: MambaBlockState | None = None
+                  ) -> tuple[Tensor, Tensor, MambaBlockState]:
+        """:meth:`step` that also returns the LIF's input current: spk_t, cur_t (B, D), state
+        (whose ``mem`` is the membrane U_t)."""
         D = self.cfg.d_model
         if x_t.dim() != 2 or x_t.shape[-1] != D:
             raise _shape_error("SpikingMamba.step", f"(B, {D})", x_t)
@@ -301,7 +327,7 @@ class SpikingMamba(nn.Module):
         if self.cfg.residual:
             cur = cur + x_t
         spk, mem = self.lif(cur, state.mem)
-        return spk, MambaBlockState(window[..., 1:], h, mem)
+        return spk, cur, MambaBlockState(window[..., 1:], h, mem)
 
 
 class MambaNetState(NamedTuple):
@@ -317,7 +343,8 @@ class MambaNetState(NamedTuple):
 class SpikingMambaNet(nn.Module):
     """Classifier: spikes (T, B, C) → Linear + Leaky (C → D) → n_layers SpikingMamba →
     Linear (D → K) into a non-spiking leaky integrator ``out_li`` (an ``reset="none"``
-    Leaky whose membrane is the logit; its spikes are ignored).
+    Leaky whose membrane is the logit; its spikes are ignored). The Linear reads the last
+    block's spikes, or its membrane or current (``cfg.readout_input``).
 
     Example:
         >>> net = SpikingMambaNet(MambaConfig(d_model=8, n_inputs=3, n_classes=2))
@@ -359,6 +386,10 @@ class SpikingMambaNet(nn.Module):
             if tuple(t.shape) != shape:
                 raise _shape_error(f"SpikingMambaNet state.{name}", str(shape), t)
 
+    def _readout_input(self, spk: Tensor, mem: Tensor, cur: Tensor) -> Tensor:
+        """The last block's spikes, membrane or current (``cfg.readout_input``), any shape."""
+        return {"spikes": spk, "membrane": mem, "current": cur}[self.cfg.readout_input]
+
     def _logits(self, mem: Tensor, state: MambaNetState, steps: int) -> tuple[Tensor, Tensor]:
         """Readout from the LI membrane mem (T, B, K); returns (logits (T, B, K), Σ mem)."""
         if self.cfg.readout == "li":
@@ -382,9 +413,10 @@ class SpikingMambaNet(nn.Module):
         s, in_mem = self.in_lif.multi_step(self.in_fc(x), state.in_mem)
         new_blocks = []
         for block, bs in zip(self.blocks, state.blocks):
-            s, bs = block(s, bs)
+            s, mem_b, cur_b, bs = block.forward_full(s, bs)             # (T, B, D) each
             new_blocks.append(bs)
-        _, mem = self.out_li.multi_step(self.out_fc(s), state.out_mem)  # (T, B, K)
+        feat = self._readout_input(s, mem_b, cur_b)
+        _, mem = self.out_li.multi_step(self.out_fc(feat), state.out_mem)  # (T, B, K)
         logits, out_sum = self._logits(mem, state, x.shape[0])
         return logits, MambaNetState(in_mem[-1], tuple(new_blocks), mem[-1], out_sum,
                                      state.steps + x.shape[0])
@@ -402,8 +434,9 @@ class SpikingMambaNet(nn.Module):
         s, in_mem = self.in_lif(self.in_fc(x_t), state.in_mem)
         new_blocks = []
         for block, bs in zip(self.blocks, state.blocks):
-            s, bs = block.step(s, bs)
+            s, cur_b, bs = block.step_full(s, bs)                       # (B, D) each
             new_blocks.append(bs)
-        _, mem = self.out_li(self.out_fc(s), state.out_mem)
+        feat = self._readout_input(s, bs.mem, cur_b)
+        _, mem = self.out_li(self.out_fc(feat), state.out_mem)
         logits, out_sum = self._logits(mem.unsqueeze(0), state, 1)
         return logits[0], MambaNetState(in_mem, tuple(new_blocks), mem, out_sum, state.steps + 1)

@@ -61,14 +61,41 @@ def windows(texts: dict[str, str], vocab: Vocab, level: str, seq_len: int,
 
 
 def lm_spec(model: str, vocab_size: int, *, d_embed: int = 32, d_model: int = 96,
-            n_layers: int = 1, d_state: int = 16, beta: float = 0.9) -> dict:
-    """``spiking_mamba_lm`` (``model="mamba"``) or ``lstm_lm`` (``"lstm"``: hidden width
-    ``d_model``, ``n_layers`` LSTM layers)."""
+            n_layers: int = 1, d_state: int = 16, beta: float = 0.9,
+            readout_input: str = "current", lstm_hidden: int | None = None) -> dict:
+    """``spiking_mamba_lm`` (``model="mamba"``), its non-spiking twin ``smooth_mamba_lm``
+    (``"smooth"``), or ``lstm_lm`` (``"lstm"``: hidden width ``lstm_hidden``, default
+    ``d_model``; ``n_layers`` LSTM layers).
+
+    ``readout_input`` (:class:`~bimsnn.ssm.mamba.MambaConfig`): the logits read the last
+    block's pre-LIF current by default, not its spikes (benchmarks/RESULTS.md, issue 13).
+    It is written into the spec, so a model.pt saved without it still loads as "spikes".
+    """
     if model == "lstm":
-        return models.spec("lstm_lm", vocab_size=vocab_size, d_embed=d_embed, hidden=d_model,
-                           num_layers=n_layers)
-    return models.spec("spiking_mamba_lm", vocab_size=vocab_size, d_embed=d_embed,
-                       d_model=d_model, n_layers=n_layers, d_state=d_state, beta=beta)
+        return models.spec("lstm_lm", vocab_size=vocab_size, d_embed=d_embed,
+                           hidden=lstm_hidden or d_model, num_layers=n_layers)
+    name = {"mamba": "spiking_mamba_lm", "smooth": "smooth_mamba_lm"}[model]
+    return models.spec(name, vocab_size=vocab_size, d_embed=d_embed, d_model=d_model,
+                       n_layers=n_layers, d_state=d_state, beta=beta, readout_input=readout_input)
+
+
+def n_params(spec: dict) -> int:
+    """Parameter count of the model ``spec`` builds (built once; the RNG state is kept)."""
+    with torch.random.fork_rng():
+        return sum(p.numel() for p in models.build(spec).parameters())
+
+
+def lstm_hidden_for(params: int, vocab_size: int, d_embed: int, n_layers: int = 1) -> int:
+    """The LSTM hidden width H whose ``lstm_lm`` has the parameter count nearest ``params``:
+    V·E (embedding) + 4H(E + H) + 8H (first layer) + (L − 1)(8H² + 8H) + (H + 1)·V (head).
+
+    >>> lstm_hidden_for(85224, 104, 32)          # the default spiking LM's count
+    116
+    """
+    def count(h: int) -> int:
+        return (vocab_size * d_embed + 4 * h * (d_embed + h) + 8 * h
+                + (n_layers - 1) * (8 * h * h + 8 * h) + (h + 1) * vocab_size)
+    return min(range(1, 4097), key=lambda h: abs(count(h) - params))
 
 
 def lm_pre(vocab: Vocab, level: str, seq_len: int) -> dict:
@@ -159,11 +186,11 @@ def train_lm(spec: dict, data: dict[str, LMWindows], tc: TrainConfig, char_len: 
     seconds).
 
     Raises:
-        RunError: an online ``tc.rule`` for a model without ``step`` (the LSTM).
+        RunError: an online ``tc.rule`` for the LSTM (no ``step``) or the smooth twin.
     """
-    if spec["name"] == "lstm_lm" and tc.rule != "bptt":
-        raise RunError(None, f"--model lstm has no step(): train it with --rule bptt, "
-                       f"not {tc.rule}")
+    if spec["name"] in ("lstm_lm", "smooth_mamba_lm") and tc.rule != "bptt":
+        which = "lstm has no step()" if spec["name"] == "lstm_lm" else "smooth is a BPTT baseline"
+        raise RunError(None, f"--model {which}: train it with --rule bptt, not {tc.rule}")
     torch.manual_seed(tc.seed)
     model = models.build(spec)
     unigram_bias_(model, data["train"].ids)
