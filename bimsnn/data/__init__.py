@@ -6,7 +6,9 @@ is legitimate it does so loudly (a :class:`DataWarning` each, listed in the data
 ``skipped``); ``strict=True`` makes those errors too. Modules, one idea each:
 
 - EEG: :mod:`~bimsnn.data.chbmit` (CHB-MIT), :mod:`~bimsnn.data.bonn`, :mod:`~bimsnn.data.edf`,
-  re-exported together by :mod:`~bimsnn.data.eeg`;
+  re-exported together by :mod:`~bimsnn.data.eeg`; :mod:`~bimsnn.data.siena` (Siena Scalp
+  EEG) and :mod:`~bimsnn.data.edf_recordings` (any EDF given a channel list, and the
+  seizures annotated beside an EDF in either layout);
 - ECG: :mod:`~bimsnn.data.ptbxl`, :mod:`~bimsnn.data.mitbih`, :mod:`~bimsnn.data.wfdb_io`
   (one namespace: :mod:`~bimsnn.data.ecg`);
 - audio: :mod:`~bimsnn.data.audio` (log-mel pipeline, FSDD, class folders),
@@ -36,6 +38,7 @@ from bimsnn.data.ecg import (
     read_scp_statements,
     read_wfdb,
 )
+from bimsnn.data.edf_recordings import EDFRecordings, seizures_for
 from bimsnn.data.eeg import (
     CHBMIT,
     Bonn,
@@ -46,6 +49,7 @@ from bimsnn.data.eeg import (
     recording_split,
 )
 from bimsnn.data.errors import DataError, DataWarning
+from bimsnn.data.siena import Siena, parse_seizure_list
 from bimsnn.data.text import LMWindows, Vocab, collate_lm, read_wikitext, write_embedded_corpus
 from bimsnn.data.windows import (
     WindowSet,
@@ -65,9 +69,11 @@ __all__ = [
     "Bonn",
     "DataError",
     "DataWarning",
+    "EDFRecordings",
     "LMWindows",
     "LibriSpeech",
     "LogMel",
+    "Siena",
     "SpeechCommands",
     "Vocab",
     "WindowSet",
@@ -76,6 +82,7 @@ __all__ = [
     "materialize",
     "pad_time_major",
     "parse_chbmit_summary",
+    "parse_seizure_list",
     "patient_split",
     "read_annotations",
     "read_audio",
@@ -87,6 +94,7 @@ __all__ = [
     "record_split",
     "recording_split",
     "recording_windows",
+    "seizures_for",
     "split_recordings",
     "time_split",
     "write_embedded_corpus",

@@ -5,6 +5,7 @@ Symbols: E electrodes (19, 10-20 system), C bipolar channels, N samples, fs = 25
 
     python -m bimsnn.data.demo chbmit datasets/demo_chbmit [--patients 2 --files 3 --minutes 5]
     python -m bimsnn.data.demo ptbxl datasets/demo_ptbxl
+    python -m bimsnn.data.demo siena datasets/demo_siena [--patients 2 --files 2 --minutes 5]
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import numpy as np
 from bimsnn.data.errors import DataError
 from bimsnn.data.files import atomic_write, read_text
 
-__all__ = ["chbmit", "ptbxl", "DEMO_CHANNELS"]
+__all__ = ["chbmit", "ptbxl", "siena", "DEMO_CHANNELS"]
 
 # 2-D scalp positions (x: left→right, y: back→front), one unit ≈ one 10-20 inter-electrode step.
 _POS = {"FP1": (-1, 2), "FP2": (1, 2), "F7": (-2, 1), "F3": (-1, 1), "FZ": (0, 1), "F4": (1, 1),
@@ -322,19 +323,51 @@ def ptbxl(root, **kw):
     return _ptbxl(root, **kw)
 
 
+def siena(root, **kw) -> Path:
+    """Write a seeded Siena-layout demo dataset and return ``root``.
+
+    Layout as PhysioNet's ``siena-scalp-eeg``: ``root/PNxx/PNxx-M.edf`` (EDF through edfio,
+    512 Hz, 1 s records, the 19 10-20 electrodes as ``"EEG Fp1"`` ... ``"EEG T6"`` in Siena's
+    order and old names, then ``"EKG EKG"``, with the real headers' physical ranges),
+    ``root/PNxx/Seizures-list-PNxx.txt`` in the real format (one "Seizure n" block per
+    seizure, clock times hh.mm.ss), ``root/subject_info.csv``, and ``DEMO_INFO.json``
+    (parameters and the true seizures in seconds from each file's start, written last: its
+    presence marks a complete dataset). As in Siena every file holds a seizure (the lists
+    name only such files); patient PN01's first file holds two when it is ≥ 4 min long.
+    Patient PN00's last registration starts before midnight and its seizure after it, so
+    the list's clock times wrap. Defaults: 2 patients × 2 files × 5 min, ~24 MB.
+
+    Signals are those of :func:`bimsnn.data.demo.chbmit` (see there what it simulates and
+    what not) at 256 Hz, upsampled ×2 (nothing above 128 Hz), as referential potentials.
+
+    Parameters and defaults: ``siena(root, n_patients=2, seed=0, files_per_patient=2,
+    minutes_per_file=5.0, overwrite=False)``; written by :mod:`bimsnn.data._demo_siena`
+    (imported lazily).
+
+    Raises:
+        DataError: root holds a demo written with other parameters (pass overwrite=True).
+    """
+    from bimsnn.data._demo_siena import siena as _siena
+
+    return _siena(root, **kw)
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(prog="python -m bimsnn.data.demo", description=__doc__.split("\n")[0])
-    ap.add_argument("dataset", choices=["chbmit", "ptbxl"])
+    ap.add_argument("dataset", choices=["chbmit", "ptbxl", "siena"])
     ap.add_argument("root")
     ap.add_argument("--patients", type=int, default=2)
-    ap.add_argument("--files", type=int, default=3)
+    ap.add_argument("--files", type=int, default=None, help="default 3 (chbmit), 2 (siena)")
     ap.add_argument("--minutes", type=float, default=5.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--overwrite", action="store_true")
     a = ap.parse_args(argv)
     if a.dataset == "chbmit":
-        out = chbmit(a.root, n_patients=a.patients, seed=a.seed, files_per_patient=a.files,
+        out = chbmit(a.root, n_patients=a.patients, seed=a.seed, files_per_patient=a.files or 3,
                      minutes_per_file=a.minutes, overwrite=a.overwrite)
+    elif a.dataset == "siena":
+        out = siena(a.root, n_patients=a.patients, seed=a.seed, files_per_patient=a.files or 2,
+                    minutes_per_file=a.minutes, overwrite=a.overwrite)
     else:
         out = ptbxl(a.root, seed=a.seed, overwrite=a.overwrite)
     print(out)
