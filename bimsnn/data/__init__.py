@@ -12,7 +12,8 @@ is legitimate it does so loudly (a :class:`DataWarning` each, listed in the data
 - ECG: :mod:`~bimsnn.data.ptbxl`, :mod:`~bimsnn.data.mitbih`, :mod:`~bimsnn.data.wfdb_io`
   (one namespace: :mod:`~bimsnn.data.ecg`);
 - audio: :mod:`~bimsnn.data.audio` (log-mel pipeline, FSDD, class folders),
-  :mod:`~bimsnn.data.speechcommands`, :mod:`~bimsnn.data.librispeech`;
+  :mod:`~bimsnn.data.speechcommands`, :mod:`~bimsnn.data.librispeech`,
+  :mod:`~bimsnn.data.fsdd_strings` (connected digit strings composed from FSDD);
 - text: :mod:`~bimsnn.data.text` (vocabulary, the WikiText layout, LM windows);
 - :mod:`~bimsnn.data.windows`: encoded windows held in memory and the splits (by recording,
   patient or time) every recipe and benchmark uses;
@@ -49,6 +50,7 @@ from bimsnn.data.eeg import (
     recording_split,
 )
 from bimsnn.data.errors import DataError, DataWarning
+from bimsnn.data.fsdd_strings import FSDDStrings
 from bimsnn.data.siena import Siena, parse_seizure_list
 from bimsnn.data.text import LMWindows, Vocab, collate_lm, read_wikitext, write_embedded_corpus
 from bimsnn.data.windows import (
@@ -63,6 +65,7 @@ from bimsnn.data.windows import (
 __all__ = [
     "CHBMIT",
     "FSDD",
+    "FSDDStrings",
     "MITBIH",
     "PTBXL",
     "AudioFolder",
