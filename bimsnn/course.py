@@ -1,4 +1,4 @@
-"""Automatic checks for the exercises of the teaching notebooks (``examples/01``–``10``).
+"""Automatic checks for the exercises of the teaching notebooks (``examples/01``–``11``).
 
 Symbols: T time steps, N inputs (or SSM states), H neurons, B batch, E SSM channels,
 β membrane decay, θ threshold, λ Hybrid mixing weight, ρ target sparsity.
@@ -38,6 +38,7 @@ import torch
 __all__ = [
     "EXERCISES",
     "check_adm_decode",
+    "check_alarm_onsets",
     "check_ann_over_snn",
     "check_delta_for_beta",
     "check_fast_sigmoid_derivative",
@@ -58,10 +59,12 @@ __all__ = [
     "check_scan_loop",
     "check_selective_step",
     "check_sensitivity_specificity",
+    "check_stateful_filter",
     "check_stdp_window",
     "check_theta_for_budget",
     "check_theta_update",
     "check_trace_count",
+    "check_window_count",
     "check_window_label",
     "is_answered",
 ]
@@ -637,6 +640,86 @@ def check_max_chunk(answer) -> bool | None:
     return _run("max chunk", answer, body)
 
 
+# --------------------------------------------------------------------------- 11 streaming
+def check_alarm_onsets(answer) -> bool | None:
+    """Notebook 11, exercise 1: where alarms start in a stream of window scores.
+
+    ``answer(scores, threshold, k) -> onsets``: the indices of the windows at which an
+    alarm switches on, as :class:`bimsnn.monitor.Monitor` (and
+    :func:`bimsnn.metrics.clinical_metrics`) decide: the alarm is on at window i when
+    windows i − k + 1 … i all score ≥ threshold, and one alarm is one run of "on" windows,
+    so an onset is a window where the run of scores ≥ threshold reaches length k.
+    """
+    def ref(sc, th, k):
+        run, out = 0, []
+        for i, v in enumerate(sc):
+            run = run + 1 if v >= th else 0
+            if run == k:
+                out.append(i)
+        return out
+
+    def body(fn):
+        r = _rng(14)
+        sc = np.clip(0.35 + 0.3 * r.standard_normal(300), 0, 1)
+        sc[40:60] = 0.9                                     # one long run
+        sc[100] = 0.5                                       # exactly at the threshold: on
+        for th, k in ((0.5, 2), (0.5, 1), (0.6, 3)):
+            got = _call(fn, sc.copy(), th, k)
+            got = [int(v) for v in np.asarray(got, dtype=float).reshape(-1)]
+            want = ref(sc, th, k)
+            if got != want:
+                extra = sorted(set(got) - set(want))[:3]
+                missed = sorted(set(want) - set(got))[:3]
+                raise _Wrong(f"threshold {th}, k = {k}: {len(got)} onsets, expected {len(want)}"
+                             f" (e.g. unexpected {extra}, missing {missed}). Hint: count the "
+                             "run of consecutive windows ≥ threshold; an alarm starts only "
+                             "where that run reaches k, not at every window after.")
+    return _run("alarm onsets", answer, body)
+
+
+def check_window_count(answer) -> bool | None:
+    """Notebook 11, exercise 2: how many windows a recording yields.
+
+    ``answer(duration_s, window_s, stride_s) -> n``: windows start every ``stride_s``
+    from 0 and must lie wholly inside the recording, so n = ⌊(duration − window) / stride⌋
+    + 1 when duration ≥ window, else 0 (the monitor's and the offline loader's count).
+    """
+    def body(fn):
+        for args in ((1800.0, 4.0, 2.0), (600.0, 4.0, 1.0), (3.0, 4.0, 2.0), (4.0, 4.0, 2.0),
+                     (3601.0, 10.0, 5.0), (125.0, 4.0, 4.0)):
+            dur, win, hop = args
+            want = int((dur - win) // hop) + 1 if dur >= win else 0
+            got = _call(fn, *args)
+            if int(round(float(got))) != want or abs(float(got) - want) > 1e-9:
+                raise _Wrong(f"n_windows{args} returned {got}, expected {want}. Hint: the "
+                             "last window must end inside the recording; count its start.")
+    return _run("window count", answer, body)
+
+
+def check_stateful_filter(answer) -> bool | None:
+    """Notebook 11, exercise 3: a causal IIR filter run block by block.
+
+    ``answer(blocks, b, a) -> y``: ``blocks`` a list of 1-D arrays (consecutive pieces of
+    one signal), ``b, a`` the filter's coefficients; ``y`` must equal
+    ``scipy.signal.lfilter(b, a, concatenated blocks)`` whatever the block sizes (carry
+    the filter state ``zi`` from one block to the next, as
+    :class:`bimsnn.data.stream.CausalEEGChain` does).
+    """
+    from scipy.signal import butter, lfilter
+
+    def body(fn):
+        x = np.cumsum(_rng(15).standard_normal(2000)) * 0.1
+        b, a = butter(2, [0.02, 0.3], btype="band")
+        want = lfilter(b, a, x)
+        for size in (1, 37, 500, 2000):
+            blocks = [x[i:i + size].copy() for i in range(0, len(x), size)]
+            _expect_close(_call(fn, blocks, b.copy(), a.copy()), want,
+                          f"y with blocks of {size}", rtol=1e-7, atol=1e-9,
+                          hint="start from zi = zeros(max(len(a), len(b)) − 1) and hand "
+                               "lfilter's returned state to the next block.")
+    return _run("stateful filter", answer, body)
+
+
 #: The checks of each notebook, in exercise order ("01" → (exercise 1's check, ...)).
 EXERCISES: dict[str, tuple[Callable, ...]] = {
     "01": (check_lif_step, check_fast_sigmoid_derivative, check_rheobase),
@@ -649,4 +732,5 @@ EXERCISES: dict[str, tuple[Callable, ...]] = {
     "08": (check_scan_loop, check_lti_kernel, check_memory_steps),
     "09": (check_prune_prob, check_hard_threshold, check_theta_update),
     "10": (check_hybrid_grad, check_memory_slope, check_max_chunk),
+    "11": (check_alarm_onsets, check_window_count, check_stateful_filter),
 }

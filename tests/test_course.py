@@ -28,7 +28,7 @@ def load_solutions(nb: str):
 
 
 def test_every_notebook_has_two_to_four_exercises_and_a_solutions_file():
-    assert sorted(course.EXERCISES) == [f"{i:02d}" for i in range(1, 11)]
+    assert sorted(course.EXERCISES) == [f"{i:02d}" for i in range(1, 12)]
     for nb, checks in course.EXERCISES.items():
         assert 2 <= len(checks) <= 4, nb
         assert all(c.__doc__ and c.__name__ in course.__all__ for c in checks)
