@@ -1,6 +1,6 @@
-"""The notebook course in examples/ (01–10): structure, no committed outputs, and execution.
+"""The notebook course in examples/ (01–11): structure, no committed outputs, and execution.
 
-Structure (fast): ten notebooks numbered 01–10; each is committed without outputs and has a
+Structure (fast): eleven notebooks numbered 01–11; each is committed without outputs and has a
 title, a "## Learning objectives" cell right after it, two to four "### Exercise N" cells each
 followed by a code cell that leaves ``answer_N = None`` and a call to its check from
 :mod:`bimsnn.course` (the checks of ``bimsnn.course.EXERCISES["NN"]``, in order), equation
@@ -38,8 +38,8 @@ EXERCISE = re.compile(r"^### Exercise (\d+)\b")
 INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
 
 
-def test_there_are_ten_notebooks():
-    assert [p.name[:2] for p in NOTEBOOKS] == [f"{i:02d}" for i in range(1, 11)]
+def test_there_are_eleven_notebooks():
+    assert [p.name[:2] for p in NOTEBOOKS] == [f"{i:02d}" for i in range(1, 12)]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
