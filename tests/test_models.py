@@ -38,6 +38,8 @@ SMALL = {
     "cnn": dict(n_inputs=C, n_classes=K, channels=[4, 4]),
     "lstm": dict(n_inputs=C, n_classes=K, hidden=8),
     "spiking_mamba_lm": dict(vocab_size=V, d_embed=4, d_model=8, d_state=4),
+    "smooth_mamba_lm": dict(vocab_size=V, d_embed=4, d_model=8, d_state=4,
+                            readout_input="current"),
     "lstm_lm": dict(vocab_size=V, d_embed=4, hidden=8),
 }
 

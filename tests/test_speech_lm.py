@@ -243,7 +243,7 @@ _OLD_BUILDERS = {  # the three recipes' default models as their own builders mad
                                                 readout_beta=0.5)),
             lambda: asr.asr_spec(320)),
     "lm": (lambda: _OldSpikingMambaLM(104, 32, d_model=96, n_layers=1, d_state=16, beta=0.9),
-           lambda: lm.lm_spec("mamba", 104)),
+           lambda: lm.lm_spec("mamba", 104, beta=0.9)),
     "lm_lstm": (lambda: _OldLSTMLM(104, 32, 96, 1), lambda: lm.lm_spec("lstm", 104)),
 }
 

@@ -61,15 +61,17 @@ def windows(texts: dict[str, str], vocab: Vocab, level: str, seq_len: int,
 
 
 def lm_spec(model: str, vocab_size: int, *, d_embed: int = 32, d_model: int = 96,
-            n_layers: int = 1, d_state: int = 16, beta: float = 0.9,
+            n_layers: int = 1, d_state: int = 16, beta: float = 0.5,
             readout_input: str = "current", lstm_hidden: int | None = None) -> dict:
     """``spiking_mamba_lm`` (``model="mamba"``), its non-spiking twin ``smooth_mamba_lm``
     (``"smooth"``), or ``lstm_lm`` (``"lstm"``: hidden width ``lstm_hidden``, default
     ``d_model``; ``n_layers`` LSTM layers).
 
-    ``readout_input`` (:class:`~bimsnn.ssm.mamba.MambaConfig`): the logits read the last
-    block's pre-LIF current by default, not its spikes (benchmarks/RESULTS.md, issue 13).
-    It is written into the spec, so a model.pt saved without it still loads as "spikes".
+    Defaults chosen by measurement (benchmarks/RESULTS.md, issue 13): ``readout_input``
+    (:class:`~bimsnn.ssm.mamba.MambaConfig`) "current", the logits read the last block's
+    pre-LIF current, not its spikes; ``beta`` 0.5 (0.9 before), so the input LIF's spikes
+    carry less of the previous characters. ``readout_input`` is written into the spec, so a
+    model.pt saved without it still loads as "spikes".
     """
     if model == "lstm":
         return models.spec("lstm_lm", vocab_size=vocab_size, d_embed=d_embed,
