@@ -9,9 +9,10 @@ Data: the WikiText-103 layout (``wiki.{train,valid,test}.<suffix>``,
 anything else) and is stored in ``model.pt`` with the token level (:func:`lm_pre`).
 
 Models (:mod:`bimsnn.models`): ``spiking_mamba_lm`` (ids → Embedding → Linear + LIF →
-SpikingMamba blocks → Linear, readout integrator off) or the ``lstm_lm`` baseline; both
-give per-step logits (T, B, V). Every window of T tokens starts from a zero state
-(:class:`~bimsnn.data.LMWindows`).
+SpikingMamba blocks → Linear on the last block's pre-LIF current, readout integrator
+off), its non-spiking twin ``smooth_mamba_lm``, or the ``lstm_lm`` baseline sized to the
+same parameter count (:func:`lstm_hidden_for`); all give per-step logits (T, B, V). Every
+window of T tokens starts from a zero state (:class:`~bimsnn.data.LMWindows`).
 
 Metrics (:func:`lm_eval`): ``bpc`` (bits per character) and ``ppl`` (perplexity per
 token). At word level, ``bpc`` spreads the total bits over the characters of the scored
