@@ -63,7 +63,7 @@ def bonn(root, rules) -> dict:
     pre = seizure.resolve_pre("bonn", window_s=4.0, stride_s=2.0, sfreq="auto",
                               l_freq="auto", h_freq="auto", encoder="auto",
                               spike_threshold="auto", normalize="auto", smooth_k=2)
-    _, _, sets = seizure.load_split(pre, root / "bonn")
+    _, _, sets, _ = seizure.load_split(pre, root / "bonn")
     C = sets["train"].x.shape[-1]
     loss_fn = class_weighted_ce(sets["train"].labels, 2)
     tc, mc = _quiet(seizure.default_train("bonn")), seizure.DEFAULT_MODEL

@@ -59,7 +59,7 @@ def seizure_setup():
                               h_freq="auto", encoder="auto", spike_threshold="auto",
                               normalize="auto", smooth_k=2)
     root = seizure.demo_root(None, repo_root() / "datasets" / "demo_chbmit")
-    _, _, sets = seizure.load_split(pre, root)
+    _, _, sets, _ = seizure.load_split(pre, root)
     train = sets["train"]
     spec = model_spec(seizure.DEFAULT_MODEL, "spiking_mamba", train.x.shape[-1], 2)
     return (train, lambda rule: spec, seizure.default_train("demo"),

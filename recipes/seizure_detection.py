@@ -6,9 +6,11 @@
     python recipes/seizure_detection.py --eval-only --data-dir NEW_RECORDINGS  # runs/..._eval
     torchrun --nproc_per_node=2 recipes/seizure_detection.py   # data parallel, rank 0 writes
 
-Pipeline (bimsnn.tasks.seizure): EDF → band-pass, resample, per-file robust z-score →
-windows → ADM spikes → model. Whole recordings go to train, val or test; val picks the best
-epoch and the alarm threshold; test is scored once. The demo data (simulated, CHB-MIT
+Pipeline (bimsnn.tasks.seizure): EDF → causal band-pass and decimation, robust z-score
+fitted on the training recordings → windows → ADM spikes → model (the same chain that
+``python -m bimsnn.monitor model.pt RECORDING.edf`` runs during a recording). Whole
+recordings go to train, val or test; val picks the best epoch and the alarm threshold;
+test is scored once. The demo data (simulated, CHB-MIT
 layout) is written once to ``datasets/demo_chbmit``.
 
 Outputs in ``--out`` (default runs/seizure_detection): metrics.json, report.md, roc.png,
@@ -50,8 +52,8 @@ from bimsnn.training import (
 
 @dataclass
 class SeizureConfig(RunConfig):
-    dataset: str = flag("demo", "demo (generated CHB-MIT layout) | chbmit | bonn",
-                        ("demo", "chbmit", "bonn"))
+    dataset: str = flag("demo", "demo (generated CHB-MIT layout) | chbmit | siena | bonn",
+                        ("demo", "chbmit", "siena", "bonn"))
     patients: list[str] | None = flag(None, "CHB-MIT patients, e.g. chb01 chb03 (default: all)")
     split: str = flag("recording", "hold out whole recordings, or whole patients",
                       ("recording", "patient"))
@@ -69,8 +71,14 @@ class SeizureConfig(RunConfig):
                         "(six band envelopes, ADM)", ("auto", "adm", "delta", "filterbank"))
     spike_threshold: float | str = flag("auto", "encoder threshold: robust-z units (adm, "
                                         "delta) or decades of µV (filterbank)")
-    normalize: str | None = flag("auto", "loader scaling: file/segment z-score, window, or "
-                                 "none (µV)", ("auto", "file", "segment", "window", None))
+    normalize: str | None = flag("auto", "scaling: file/segment z-score, window, running "
+                                 "(causal, --phase causal), train (robust z fitted on the "
+                                 "train recordings), or none (µV)",
+                                 ("auto", "file", "segment", "window", "train", "running",
+                                  None))
+    phase: str = flag("auto", "filters: causal (IIR, what bimsnn.monitor replays during a "
+                      "recording) or zero (mne zero-phase FIR, non-causal)",
+                      ("auto", "causal", "zero"))
     smooth_k: int = flag(2, "alarm when k consecutive windows score >= threshold")
 
 
@@ -91,12 +99,11 @@ def main(argv: list[str] | None = None) -> dict:
 
     pre = task.resolve_pre(cfg.dataset, **{k: getattr(cfg, k) for k in (
         "window_s", "stride_s", "sfreq", "l_freq", "h_freq", "encoder", "spike_threshold",
-        "normalize", "smooth_k")})
-    ds, names, sets = task.load_split(pre, root, patients=cfg.patients, split=cfg.split,
-                                      test_patients=cfg.test_patients, test_frac=cfg.test_frac,
-                                      val_frac=cfg.val_frac, seed=cfg.split_seed,
-                                      strict=cfg.strict)
-    pre = replace(pre, channels=tuple(getattr(ds, "channels", ())))
+        "normalize", "phase", "smooth_k")})
+    ds, names, sets, pre = task.load_split(pre, root, patients=cfg.patients, split=cfg.split,
+                                           test_patients=cfg.test_patients,
+                                           test_frac=cfg.test_frac, val_frac=cfg.val_frac,
+                                           seed=cfg.split_seed, strict=cfg.strict)
     seizures = task.seizure_table(ds)
     timings = {"data": time.perf_counter() - t_start}
     n_inputs = sets["train"].x.shape[-1]

@@ -83,7 +83,7 @@ def test_no_recording_on_two_sides(sz, eeg_dir, tmp_path):
     assert not (parts["train"] & parts["test"] or parts["train"] & parts["val"]
                 or parts["val"] & parts["test"])
     assert len(set().union(*parts.values())) == 6 and all(parts.values())
-    _, names, _ = task.load_split(task.SeizurePre(l_freq=None, h_freq=None), eeg_dir,
+    _, names, _, _ = task.load_split(task.SeizurePre(l_freq=None, h_freq=None), eeg_dir,
                                   split="patient", test_patients=["chb02"])
     assert all(r.startswith("chb02/") for r in names["test"])
     assert not any(r.startswith("chb02/") for r in names["train"] + names["val"])

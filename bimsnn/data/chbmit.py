@@ -25,6 +25,11 @@ from torch.utils.data import Dataset
 from bimsnn.data.edf import edf_channels, read_edf_header
 from bimsnn.data.errors import DataError, DataWarning, skip
 from bimsnn.data.files import atomic_write, read_text
+from bimsnn.data.stream import CausalEEGChain, decimation_factor
+
+#: normalize="running": time constant (s) of the causal amplitude estimate. Long against a
+#: seizure (20–120 s), so an ictal amplitude rise is not normalised away while it lasts.
+RUNNING_TAU_S = 120.0
 
 __all__ = ["parse_chbmit_summary", "CHBMIT", "CHBMIT_CHANNELS_18"]
 
@@ -143,7 +148,14 @@ class CHBMIT(Dataset):
             ``raw.notch_filter`` at the native rate (h_freq < native Nyquist).
         sfreq: output rate through ``raw.resample``; must be > 0 and ≤ the native rate
             (no upsampling). None keeps the native rate (256 Hz).
-        normalize: ``"file"`` per channel (x − median)/(1.4826·MAD) over the whole file
+        phase: ``"zero"``: mne's zero-phase FIR filters and ``raw.resample`` over the whole
+            file (the default; non-causal). ``"causal"``: the same band through IIR filters
+            run forward, then integer decimation (:class:`~bimsnn.data.stream.CausalEEGChain`;
+            native rate / sfreq must be an integer), which the streaming monitor
+            (:mod:`bimsnn.monitor`) reproduces sample for sample during a recording.
+        normalize: ``"file"`` per channel (x − median)/(1.4826·MAD) over the whole file,
+            ``"running"`` (phase="causal" only) a causal running scale over the last
+            ~:data:`RUNNING_TAU_S` s (:class:`~bimsnn.data.stream.RunningScale`),
             (robust to seizures and artefacts), ``"window"`` per-window z-score, or None (V).
         max_cached_files: processed files kept in memory (LRU; ~65 MB per real 1 h file).
         cache_dir: if set, processed files are also written there as .npy and memory-mapped,
@@ -165,7 +177,8 @@ class CHBMIT(Dataset):
                  h_freq: float | None = None, notch_freq: float | None = None,
                  sfreq: float | None = None, normalize: str | None = "file",
                  max_cached_files: int = 2, cache_dir=None, missing_channels: str = "error",
-                 seizures_outside: str = "error", strict: bool = False, download: bool = False):
+                 seizures_outside: str = "error", strict: bool = False, download: bool = False,
+                 phase: str = "zero"):
         self.root = Path(root)
         if download:
             raise DataError(self.root, _CHBMIT_HELP)
@@ -174,11 +187,16 @@ class CHBMIT(Dataset):
         stride_s = window_s if stride_s is None else stride_s
         if not (window_s > 0 and stride_s > 0 and 0 < ictal_overlap <= 1):
             raise DataError(self.root, "window_s, stride_s must be > 0 and 0 < ictal_overlap <= 1")
-        if (normalize not in ("file", "window", None) or missing_channels not in ("error", "skip")
+        if normalize == "running" and phase != "causal":
+            raise DataError(self.root, "normalize='running' is causal: it needs phase='causal'")
+        if (normalize not in ("file", "window", "running", None) or missing_channels not in ("error", "skip")
                 or seizures_outside not in ("error", "clip")):
             raise DataError(self.root, f"bad normalize={normalize!r}, missing_channels="
                                        f"{missing_channels!r} or seizures_outside={seizures_outside!r}")
+        if phase not in ("zero", "causal"):
+            raise DataError(self.root, f"phase must be 'zero' or 'causal', got {phase!r}")
         self.encoder, self.normalize, self.strict = encoder, normalize, bool(strict)
+        self.phase = phase
         self.filters = dict(l_freq=l_freq, h_freq=h_freq, notch_freq=notch_freq)
         self.window_s, self.stride_s = float(window_s), float(stride_s)
         self.max_cached_files = max(1, int(max_cached_files))
@@ -275,6 +293,11 @@ class CHBMIT(Dataset):
         if self.sfreq > fs_in + 1e-9:
             raise DataError(path, f"cannot resample {fs_in:g} Hz to {self.sfreq:g} Hz: "
                                   "upsampling is not supported")
+        if self.phase == "causal":
+            try:
+                decimation_factor(fs_in, self.sfreq)
+            except ValueError as e:
+                raise DataError(path, f"phase='causal': {e}") from None
         for key in ("l_freq", "h_freq", "notch_freq"):
             f = self.filters[key]
             if f is not None and not 0 < f < fs_in / 2:
@@ -329,7 +352,7 @@ class CHBMIT(Dataset):
         path, npy = self.files[i], None
         if self.cache_dir is not None:
             key = repr((str(path.resolve()), path.stat().st_mtime_ns, self.channels, self.filters,
-                        self.sfreq, self.normalize))
+                        self.sfreq, self.normalize, self.phase))
             npy = self.cache_dir / f"{path.stem}-{hashlib.sha1(key.encode()).hexdigest()[:12]}.npy"
         if npy is not None and npy.is_file():
             data = np.load(npy, mmap_mode="r")
@@ -362,20 +385,34 @@ class CHBMIT(Dataset):
             raise DataError(path, f"{int(bad.sum())} NaN/inf samples (first: channel "
                                   f"{self.channels[c]}, t={t / raw.info['sfreq']:.3f} s)")
         f = self.filters
+        n = self._n_out[i]                     # pin the length the windows were indexed on
+        if self.phase == "causal":
+            chain = CausalEEGChain(raw.info["sfreq"], self.sfreq, f["l_freq"], f["h_freq"],
+                                   f["notch_freq"], len(self.channels),
+                                   RUNNING_TAU_S if self.normalize == "running" else None,
+                                   self.window_s)
+            data = chain.process(data)[:, :n]
+            return self._scale(np.pad(data, ((0, 0), (0, n - data.shape[1])), mode="edge"))
         if f["l_freq"] is not None or f["h_freq"] is not None:
             raw.filter(f["l_freq"], f["h_freq"], verbose="error")
         if f["notch_freq"] is not None:
             raw.notch_filter(f["notch_freq"], verbose="error")
         if abs(raw.info["sfreq"] - self.sfreq) > 1e-9:
             raw.resample(self.sfreq, verbose="error")
-        n = self._n_out[i]                     # pin the length the windows were indexed on
         data = raw.get_data()[:, :n]
-        data = np.pad(data, ((0, 0), (0, n - data.shape[1])), mode="edge")
+        return self._scale(np.pad(data, ((0, 0), (0, n - data.shape[1])), mode="edge"))
+
+    def _scale(self, data: np.ndarray) -> np.ndarray:
         if self.normalize == "file":
             med = np.median(data, axis=1, keepdims=True)
             mad = 1.4826 * np.median(np.abs(data - med), axis=1, keepdims=True)
             data = (data - med) / np.maximum(mad, 1e-12)
         return data.astype(np.float32)
+
+    def signal(self, i: int) -> np.ndarray:
+        """File ``i`` after filtering, resampling and ``normalize`` (C, N) float32, N =
+        its length at ``sfreq`` (through the in-memory / disk caches)."""
+        return self._load(int(i))
 
     def __len__(self) -> int:
         return len(self.meta)
