@@ -3,10 +3,15 @@
 Symbols: N waveform samples, T frames, F mel bands, n digits in an utterance.
 
 Each utterance is 2-7 (``n_digits``) recordings of ONE speaker, ``{digit}_{speaker}_{take}.wav``
-(FSDD, 8 kHz), concatenated with a random 50-300 ms (``gap_ms``) pause before, between and
-after the digits. A pause is not digital zero: it is Gaussian noise at the recordings' own
-floor (the std of the quieter 10 ms edge of the neighbouring recordings), so a pause looks
-like the silences inside FSDD files and not like a cleaner, easier-to-spot boundary.
+(FSDD, 8 kHz), concatenated with a random 50-300 ms (``gap_ms``) pause before and between
+the digits. A pause is not digital zero: it is Gaussian noise at the recordings' own floor
+(the std of the quieter 10 ms edge of the neighbouring recordings), so a pause looks like
+the silences inside FSDD files and not like a cleaner, easier-to-spot boundary.
+
+The utterance ends with its last recording (whose own edge is a short silence): no trailing
+pause. With one, a pause would mean "a space follows" everywhere but at the end, which a
+causal model cannot tell apart until the next digit starts; a causal LSTM trained with a
+trailing pause merged neighbouring words ("TWOONE") in a third of its word errors.
 
 Everything (speaker, digits, takes, pause lengths, noise) is drawn at construction from
 ``numpy.random.default_rng((seed, split))``: the same arguments give the same utterances.
@@ -20,7 +25,7 @@ Splits (which recordings each split may use):
 - ``split=None``: every recording.
 
 ``per_file=True`` makes every recording one single-digit utterance (``--eval-only`` on an
-FSDD folder scores each file once), still framed by a pause on either side.
+FSDD folder scores each file once), after a pause.
 """
 
 from __future__ import annotations
@@ -98,7 +103,7 @@ class FSDDStrings(Dataset):
         n_utts: utterances to compose (ignored with ``per_file``).
         split, by, test_speakers: which recordings (module docstring); ``split=None``: all.
         n_digits: (min, max) digits per utterance, inclusive.
-        gap_ms: (min, max) pause before, between and after the digits, uniform.
+        gap_ms: (min, max) pause before each digit, uniform.
         seed: draws everything; the split's name is mixed in, so splits differ.
         per_file: one utterance per recording (a single digit), in file order.
         sample_rate: output rate (FSDD is 8 kHz; other rates are resampled).
@@ -109,7 +114,7 @@ class FSDDStrings(Dataset):
     ``__getitem__(n)`` returns ``(x, transcript, meta)``: x the waveform ``(N,)`` float32 at
     ``sample_rate`` (or its ``(T, F)`` features with a ``pipeline``); transcript e.g.
     ``"three one four"``; meta dict ``speaker``, ``digits`` (list of int), ``files`` (paths),
-    ``gaps_ms`` (n + 1 pauses, ms), ``sample_rate``, ``text`` (the transcript).
+    ``gaps_ms`` (n pauses before the digits, ms), ``sample_rate``, ``text`` (the transcript).
 
     Example:
         >>> import tempfile, numpy as np, soundfile as sf
@@ -118,7 +123,7 @@ class FSDDStrings(Dataset):
         ...     sf.write(root / f"{d}_ann_0.wav", np.full(800, 0.1, np.float32), 8000)
         >>> ds = FSDDStrings(root, n_utts=4, seed=1)
         >>> wave, text, meta = ds[0]
-        >>> text == digits_text(meta["digits"]), len(meta["gaps_ms"]) == len(meta["digits"]) + 1
+        >>> text == digits_text(meta["digits"]), len(meta["gaps_ms"]) == len(meta["digits"])
         (True, True)
     """
 
@@ -152,7 +157,7 @@ class FSDDStrings(Dataset):
                 digits = rng.choice(have, int(rng.integers(n_digits[0], n_digits[1] + 1)))
                 plans.append([int(rng.choice(by_key[spk, int(d)])) for d in digits])
         # (file indices, pause lengths in samples, seed of the pause noise)
-        self.utts = [(p, rng.uniform(*gap_ms, len(p) + 1) / 1000.0, int(rng.integers(2**31)))
+        self.utts = [(p, rng.uniform(*gap_ms, len(p)) / 1000.0, int(rng.integers(2**31)))
                      for p in plans]
         self._resamplers: dict[int, torch.nn.Module] = {}
 
@@ -175,12 +180,11 @@ class FSDDStrings(Dataset):
         floors = [min(w[:edge].std(), w[-edge:].std()) for w in waves]   # each file's floor
         rng = np.random.default_rng(noise_seed)
         parts = []
-        for k, g in enumerate(gaps_s):
+        for k, (g, w) in enumerate(zip(gaps_s, waves)):
             near = floors[max(0, k - 1): k + 1]                      # the 1-2 neighbours
             parts.append((min(near) * rng.standard_normal(round(g * self.sample_rate))
                           ).astype(np.float32))
-            if k < len(waves):
-                parts.append(waves[k])
+            parts.append(w)
         wave = torch.from_numpy(np.concatenate(parts))               # (N,)
         digits = [self.files[i][1] for i in idx]
         text = digits_text(digits)
