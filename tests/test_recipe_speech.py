@@ -215,11 +215,26 @@ def test_asr_default_output_reloads_and_eval_only(recipe, home):
     assert ev["examples"] == res["examples"]
 
 
+@pytest.mark.parametrize("model", ["mamba", "lstm"])
+def test_ctc_prior_bias_puts_the_logits_at_rest_at_the_log_frame_prior(model):
+    """Blank: the share of steps with no character; characters: their share of the rest."""
+    items = [(torch.zeros(10, 3), "AB", {}), (torch.zeros(6, 3), "A", {})]   # 16 steps, 3 chars
+    net = models.build(asr_task.asr_spec(3, model=model, d_model=8, n_layers=1, d_state=4))
+    asr_task.ctc_prior_bias_(net, items)
+    fc, gain = asr_task.output_layer(net)
+    p = (fc.bias * gain).softmax(-1)
+    a, b = asr_task.text_to_ids("AB")
+    assert p[asr_task.BLANK].item() == pytest.approx(13 / 16, rel=1e-2)
+    assert p[a].item() == pytest.approx(2 / 16, rel=1e-2)
+    assert p[b].item() == pytest.approx(1 / 16, rel=1e-2)
+
+
 def test_asr_hybrid_smoke(recipe, tmp_path):
     asr = recipe("speech_recognition")
     res = asr.main(["--out-dir", str(tmp_path), *TINY_ASR, "--rule", "hybrid"])  # old spelling
     assert math.isfinite(res["wer"]) and math.isfinite(res["cer"]) and res["rule"] == "hybrid"
-    assert models.load(tmp_path / "model.pt")[1]["rule"] == "hybrid"
+    ck = models.load(tmp_path / "model.pt")[1]
+    assert ck["rule"] == "hybrid" and ck["train_config"]["chunk"] == 16    # chunked default
 
 
 # ---------------------------------------------------------------------------- language modelling
