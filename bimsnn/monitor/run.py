@@ -54,9 +54,9 @@ class MonitorConfig:
     out: str = "runs/monitor"
     block_s: float = 60.0             # seconds read per block
     adapt_minutes: float = 5.0        # 0: no adaptation
-    adapt_rule: str = "hybrid"        # hybrid | rtrl (chunked, the model's default chunk)
-    adapt_epochs: int = 20
-    adapt_lr: float = 2e-3
+    adapt_rule: str = "rtrl"          # rtrl | hybrid (chunked, the model's default chunk)
+    adapt_epochs: int = 40            # defaults measured on MIT-BIH 208 (RESULTS.md)
+    adapt_lr: float = 5e-3
     stop_minutes: float | None = None  # stop reading after this many minutes
     threshold: float | None = None    # seizure alarm threshold (default: model.pt's)
     group: int = 256                  # windows scored together (latency: group × hop)
@@ -87,14 +87,16 @@ def beat_table(rec: Recording, classes) -> tuple[np.ndarray, np.ndarray]:
 
 # ------------------------------------------------------------------ adaptation
 def adapt(model: torch.nn.Module, ck: dict, x: torch.Tensor, y: np.ndarray, *,
-          rule: str = "hybrid", epochs: int = 20, lr: float = 2e-3, seed: int = 0
-          ) -> tuple[torch.nn.Module, dict]:
+          rule: str = "rtrl", epochs: int = 40, lr: float = 5e-3, schedule: str = "cosine",
+          seed: int = 0) -> tuple[torch.nn.Module, dict]:
     """A copy of ``model`` trained online on the patient's labelled windows.
 
     Args:
         x: (N, T, C') encoded windows (``Scores.inputs``). y: (N,) labels.
         rule: "hybrid" (eq. 4, λ and balance from the model's training config) or "rtrl",
             chunked at the model's training chunk (eligibility traces across chunks).
+        epochs, lr, schedule: passes over the patient's windows, AdamW learning rate, and
+            "constant" or "cosine" decay (defaults measured on MIT-BIH 208, RESULTS.md).
     Returns:
         (adapted copy, info: n, class counts, seconds). ``model`` itself is not touched.
     """
@@ -103,7 +105,7 @@ def adapt(model: torch.nn.Module, ck: dict, x: torch.Tensor, y: np.ndarray, *,
     tcd = {k: v for k, v in (ck.get("train_config") or {}).items()
            if k in TrainConfig.__dataclass_fields__}
     base = TrainConfig(**tcd)
-    tc = replace(base, rule=rule, epochs=int(epochs), lr=float(lr), schedule="constant",
+    tc = replace(base, rule=rule, epochs=int(epochs), lr=float(lr), schedule=schedule,
                  chunk=base.chunk or 16, out_dir=None, resume=False, max_steps=None,
                  patience=0, restore_best=False, progress=False, plots=False, prune=None,
                  seed=int(seed), batch_size=min(base.batch_size, 32), device="cpu")
@@ -267,7 +269,7 @@ def _adapt_now(mon: Monitor, ck, buf_x, buf_t, kind, rec, adapt_s, label_of, cfg
         return None
     adapted, ainfo = adapt(mon.model, ck, x[torch.from_numpy(inside)], y,
                            rule=cfg.adapt_rule, epochs=cfg.adapt_epochs, lr=cfg.adapt_lr,
-                           seed=cfg.seed)
+                           schedule="cosine", seed=cfg.seed)
     info["adaptation"] = ainfo
     # a twin monitor of the adapted copy, brought to the same point of the recording: the
     # state that matters (filters, sample buffer, window counter) is copied, the model swapped
@@ -341,6 +343,12 @@ def _timeline(path: Path, s, kind, rec, mon: Monitor, adapt_s: float) -> None:
         ax.axhline(mon.threshold, color="k", ls="--", lw=0.7, label="threshold")
         for i, (a, b) in enumerate(rec.seizures or []):
             ax.axvspan(a / 60, b / 60, color="r", alpha=0.2, label="annotated seizure" if i == 0 else None)
+        ev = path.with_name("events.csv")
+        rows = list(csv.DictReader(ev.open())) if ev.is_file() else []
+        for i, r in enumerate(rows):              # alarms: a bar from onset to offset
+            a, b = float(r["onset_s"]) / 60, float(r["offset_s"]) / 60
+            ax.plot([a, max(b, a + 0.02)], [1.04, 1.04], color="darkorange", lw=4,
+                    solid_capstyle="butt", label="alarm" if i == 0 else None)
         ax.set_ylabel("score")
     else:
         pred = np.argmax(s["scores"], axis=1) if len(t) else np.zeros(0, int)
@@ -372,7 +380,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--block-s", type=float, default=d.block_s, help="seconds read per block")
     p.add_argument("--adapt-minutes", type=float, default=d.adapt_minutes,
                    help="adapt online on the first M labelled minutes of each record (0: off)")
-    p.add_argument("--adapt-rule", default=d.adapt_rule, choices=("hybrid", "rtrl"))
+    p.add_argument("--adapt-rule", default=d.adapt_rule, choices=("rtrl", "hybrid"),
+                   help="online rule of the adaptation (chunked)")
     p.add_argument("--adapt-epochs", type=int, default=d.adapt_epochs)
     p.add_argument("--adapt-lr", type=float, default=d.adapt_lr)
     p.add_argument("--stop-minutes", type=float, default=None,
