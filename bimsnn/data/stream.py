@@ -128,10 +128,10 @@ class CausalEEGChain:
 
 class RunningScale:
     """Causal robust-ish amplitude normalisation: y_t / (1.2533·m_t), per channel, with
-    m_t = (1 − α)·m_{t−1} + α·|y_t| (α = 1/(τ·fs), an exponential mean of |y| over ~τ s;
-    1.2533·E|y| is the standard deviation of zero-mean Gaussian noise).
+    m_t = (1 − α)·m_{t−1} + α·abs(y_t) (α = 1/(τ·fs), an exponential mean of abs(y) over
+    ~τ s; 1.2533·E abs(y) is the standard deviation of zero-mean Gaussian noise).
 
-    m starts at the mean |y| of the first ``warmup`` samples, which are held back until
+    m starts at the mean abs(y) of the first ``warmup`` samples, which are held back until
     they have all arrived (the first window of a recording is complete only then anyway).
     ``process(y (C, m)) -> (C, m')`` with m' = m once warmed up; block sizes do not change
     the output (``scipy.signal.lfilter`` carries the state).
