@@ -2,7 +2,7 @@
 
     python recipes/speech_recognition.py                       # smoke set (see Data)
     python recipes/speech_recognition.py --dataset fsdd_strings --data-dir /data/fsdd \
-        --stack 4 --beta 0.5 --epochs 15                        # connected digits
+        --stack 4 --beta 0.5 --epochs 30                        # connected digits
     python recipes/speech_recognition.py --dataset fsdd_strings --data-dir /data/fsdd \
         --stack 4 --epochs 15 --model lstm --d-model 128        # the LSTM baseline
     python recipes/speech_recognition.py --data-dir /data --train-url train-clean-100 \
@@ -35,8 +35,9 @@ prior (``--no-prior-bias``: zero), then :func:`bimsnn.training.fit` with ``per_s
 BPTT, or an online ``--rule`` (chunks of ``--chunk`` 16 steps, traces across), where CTC's
 per-step error from a first pass drives the rule (:class:`bimsnn.training.SequenceTarget`);
 the validation CER picks the best epoch. Connected digits, held-out takes, 1000 training
-utterances, greedy (the commands above; 2 busy cores): spiking BPTT 15 epochs WER 0.209 /
-CER 0.072 (9 min), LSTM 0.150 / 0.047 (3.5 min), ``--rule hybrid`` 8 epochs 0.643 / 0.272.
+utterances, greedy, WER / CER (2 busy cores): spiking BPTT 15 epochs 0.209 / 0.072 (9 min),
+30 epochs 0.150 / 0.061 (17 min; beam 8: 0.142 / 0.058); LSTM 15 epochs 0.150 / 0.047
+(3.5 min), 30 epochs 0.186 / 0.055; ``--rule hybrid`` 8 epochs 0.643 / 0.272 (10 min).
 Outputs in ``--out`` (default runs/speech_recognition): metrics.json (``wer``, ``cer``,
 examples, ``train_seconds``, ``peak_rss_mb``), curves.png, model.pt
 (``bimsnn.models.load``), ckpt.pt, best.pt (``--resume``).
