@@ -39,9 +39,15 @@ RUNS = {   # cheapest first: a run cut short keeps the rows before it (cached in
 }
 
 
+def finished(out: Path) -> bool:
+    """A completed run's metrics.json (fit writes one with the history after each epoch)."""
+    f = out / "metrics.json"
+    return f.is_file() and bool({"wer", "bpc"} & set(json.loads(f.read_text())))
+
+
 def run(name: str, recipe: str, args: list[str], work: Path, fsdd: Path) -> dict:
     out = work / name
-    if not (out / "metrics.json").is_file():
+    if not finished(out):
         extra = ["--data-dir", str(fsdd)] if recipe == "speech_recognition" else []
         cmd = [sys.executable, f"recipes/{recipe}.py", *args, *extra, "--threads", "1",
                "--out", str(out)]
@@ -68,7 +74,7 @@ def main() -> None:
     for k, (r, args) in RUNS.items():
         if a.skip_online and "hybrid" in k:
             continue
-        if a.report_only and not (work / k / "metrics.json").is_file():
+        if a.report_only and not finished(work / k):
             print(f"{k}: not run")
             continue
         m[k] = run(k, r, args, work, fsdd)
