@@ -37,6 +37,7 @@ SMALL = {
     "snn": dict(n_inputs=C, n_classes=K, hidden=8, n_layers=2),
     "cnn": dict(n_inputs=C, n_classes=K, channels=[4, 4]),
     "lstm": dict(n_inputs=C, n_classes=K, hidden=8),
+    "lstm_ctc": dict(n_inputs=C, n_classes=K, hidden=8),
     "spiking_mamba_lm": dict(vocab_size=V, d_embed=4, d_model=8, d_state=4),
     "smooth_mamba_lm": dict(vocab_size=V, d_embed=4, d_model=8, d_state=4,
                             readout_input="current"),

@@ -30,7 +30,7 @@ Example:
     torch.Size([4, 2])
 """
 
-from bimsnn.models.baselines import CNN1d, LSTMClassifier
+from bimsnn.models.baselines import LSTMCTC, CNN1d, LSTMClassifier
 from bimsnn.models.lm import LSTMLM, SpikingMambaLM
 from bimsnn.models.registry import FORMAT, build, load, names, register, save, spec, spec_from_v1
 from bimsnn.models.spiking import MLPState, SpikingMambaClassifier, SpikingMLP, hidden_spikes
@@ -39,6 +39,7 @@ __all__ = [
     "CNN1d",
     "FORMAT",
     "LSTMClassifier",
+    "LSTMCTC",
     "LSTMLM",
     "MLPState",
     "SpikingMLP",

@@ -82,3 +82,27 @@ class LSTMClassifier(nn.Module):
         """x (T, B, C) → logits (B, K)."""
         _, (h, _) = self.lstm(x)  # h: (num_layers, B, H)
         return self.head(h[-1])
+
+
+@register("lstm_ctc")
+class LSTMCTC(nn.Module):
+    """Non-spiking CTC baseline: LSTM over time → Linear at every step.
+
+    Example:
+        >>> import torch
+        >>> LSTMCTC(3, 5, hidden=8).forward_seq(torch.zeros(7, 2, 3)).shape
+        torch.Size([7, 2, 5])
+    """
+
+    def __init__(self, n_inputs: int, n_classes: int, hidden: int = 128, num_layers: int = 1):
+        super().__init__()
+        self.lstm = nn.LSTM(n_inputs, hidden, num_layers=num_layers)  # time-major
+        self.head = nn.Linear(hidden, n_classes)
+
+    def forward_seq(self, x: Tensor) -> Tensor:
+        """x (T, B, C) → logits (T, B, V)."""
+        return self.head(self.lstm(x)[0])
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Logits at the last step: x (T, B, C) → (B, V)."""
+        return self.forward_seq(x)[-1]

@@ -51,6 +51,7 @@ from bimsnn.data.fsdd_strings import fsdd_files
 from bimsnn.data.speech_features import normalise
 from bimsnn.encoding import SpikeCode
 from bimsnn.metrics import ctc_beam_decode, ctc_greedy_decode, error_counts
+from bimsnn.models.baselines import LSTMCTC
 from bimsnn.tasks.common import SPIKING
 from bimsnn.training import CheckpointError, TrainConfig, distributed, fit
 from bimsnn.training.online import seq_logits
@@ -115,29 +116,6 @@ def asr_spec(n_inputs: int, *, model: str = "mamba", d_model: int = 96, n_layers
     return models.spec("spiking_mamba", d_model=d_model, n_inputs=n_inputs,
                        n_classes=1 + len(CHARS), n_layers=n_layers, d_state=d_state,
                        beta=beta, readout="li", readout_beta=readout_beta)
-
-
-@models.register("lstm_ctc")
-class LSTMCTC(nn.Module):
-    """Non-spiking CTC baseline: LSTM over time → Linear at every step.
-
-    Example:
-        >>> LSTMCTC(3, 5, hidden=8).forward_seq(torch.zeros(7, 2, 3)).shape
-        torch.Size([7, 2, 5])
-    """
-
-    def __init__(self, n_inputs: int, n_classes: int, hidden: int = 128, num_layers: int = 1):
-        super().__init__()
-        self.lstm = nn.LSTM(n_inputs, hidden, num_layers=num_layers)  # time-major
-        self.head = nn.Linear(hidden, n_classes)
-
-    def forward_seq(self, x: Tensor) -> Tensor:
-        """x (T, B, C) → logits (T, B, V)."""
-        return self.head(self.lstm(x)[0])
-
-    def forward(self, x: Tensor) -> Tensor:
-        """Logits at the last step: x (T, B, C) → (B, V)."""
-        return self.forward_seq(x)[-1]
 
 
 def output_layer(model: nn.Module) -> tuple[nn.Linear, float]:
