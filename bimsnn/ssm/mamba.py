@@ -411,11 +411,16 @@ class SpikingMambaNet(nn.Module):
         state = self.init_state(x.shape[1]) if state is None else state
         self._check_state(state, x.shape[1])
         s, in_mem = self.in_lif.multi_step(self.in_fc(x), state.in_mem)
-        new_blocks = []
-        for block, bs in zip(self.blocks, state.blocks):
-            s, mem_b, cur_b, bs = block.forward_full(s, bs)             # (T, B, D) each
+        new_blocks, last = [], len(self.blocks) - 1
+        feat = None
+        for i, (block, bs) in enumerate(zip(self.blocks, state.blocks)):
+            if i == last and self.cfg.readout_input != "spikes":
+                s, mem_b, cur_b, bs = block.forward_full(s, bs)         # (T, B, D) each
+                feat = self._readout_input(s, mem_b, cur_b)
+            else:   # through __call__: forward (pre-)hooks on the blocks fire (rules, taps)
+                s, bs = block(s, bs)
             new_blocks.append(bs)
-        feat = self._readout_input(s, mem_b, cur_b)
+        feat = s if feat is None else feat
         _, mem = self.out_li.multi_step(self.out_fc(feat), state.out_mem)  # (T, B, K)
         logits, out_sum = self._logits(mem, state, x.shape[0])
         return logits, MambaNetState(in_mem[-1], tuple(new_blocks), mem[-1], out_sum,
@@ -432,11 +437,16 @@ class SpikingMambaNet(nn.Module):
         state = self.init_state(x_t.shape[0]) if state is None else state
         self._check_state(state, x_t.shape[0])
         s, in_mem = self.in_lif(self.in_fc(x_t), state.in_mem)
-        new_blocks = []
-        for block, bs in zip(self.blocks, state.blocks):
-            s, cur_b, bs = block.step_full(s, bs)                       # (B, D) each
+        new_blocks, last = [], len(self.blocks) - 1
+        feat = None
+        for i, (block, bs) in enumerate(zip(self.blocks, state.blocks)):
+            if i == last and self.cfg.readout_input != "spikes":
+                s, cur_b, bs = block.step_full(s, bs)                   # (B, D) each
+                feat = self._readout_input(s, bs.mem, cur_b)
+            else:
+                s, bs = block.step(s, bs)
             new_blocks.append(bs)
-        feat = self._readout_input(s, bs.mem, cur_b)
+        feat = s if feat is None else feat
         _, mem = self.out_li(self.out_fc(feat), state.out_mem)
         logits, out_sum = self._logits(mem.unsqueeze(0), state, 1)
         return logits[0], MambaNetState(in_mem, tuple(new_blocks), mem, out_sum, state.steps + 1)
