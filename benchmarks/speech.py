@@ -2,7 +2,7 @@
 
 Symbols: N recordings (2000: 4 speakers × 10 digits × 50 takes), T frames, F mel bands.
 
-    python benchmarks/speech.py                          # every cell (~23 min on 1 busy core)
+    python benchmarks/speech.py                          # every cell (~40 min on 1 busy core)
     python benchmarks/speech.py --rules bptt --splits speaker --folds nicolas
 
 Script, not CI: needs the real FSDD in ``bimsnn.paths.shared_data_dir()/fsdd`` (or
