@@ -1,7 +1,8 @@
 """Keyword spotting (spoken digits, Speech Commands) with a spiking Mamba, any learning rule.
 
     python recipes/keyword_spotting.py                              # FSDD (see Data)
-    python recipes/keyword_spotting.py --split speaker --test-speakers theo   # unseen speaker
+    python recipes/keyword_spotting.py --data-dir /data/fsdd --split speaker --test-speakers theo \
+        --norm speaker --fit stretch --speed-perturb 0.8 0.9 1.1 1.2 --epochs 6 --d-model 128
     python recipes/keyword_spotting.py --dataset speechcommands --data-dir /data/SC --classes v2_12
     python recipes/keyword_spotting.py --rule hybrid      # online: chunks of 32 steps, traces across
     python recipes/keyword_spotting.py --eval-only --checkpoint runs/keyword_spotting/model.pt \
@@ -12,20 +13,17 @@ Data: FSDD (``{digit}_{speaker}_{take}.wav``) from ``--data-dir``, else the shar
 (``shared_data_dir()/fsdd``), else, so that the recipe runs anywhere, a *synthetic* smoke
 set written to ``<out>/synthetic_fsdd`` (not speech: its accuracy means nothing).
 ``--split takes``: takes 0-4 are test (FSDD README); ``--split speaker``: the
-``--test-speakers`` (default one drawn with ``--seed``; none of their files in train or
-val); benchmarks/speech.py rotates it over the 4 speakers with these defaults. Speech
-Commands v2: ``--classes all35 | v2_12`` with the official lists.
+``--test-speakers`` (default one drawn with ``--seed``); the second command above is the
+unseen-speaker setup of benchmarks/speech.py. Speech Commands v2: ``--classes all35 |
+v2_12`` with the official lists.
 
-Pipeline (:mod:`bimsnn.tasks.speech`): [``--speed-perturb`` copies of the training audio,
-default 0.9 and 1.1] → log-mel → ``--norm`` (default ``speaker``: speaker-level CMVN, each
-speaker's stats from his own unlabelled audio of the split) → ``--fit`` (default
-``stretch``) to ``--duration-s`` → thermometer spikes (``--levels``, ON/OFF ``--delta``
-spikes, default 0.3) → spiking Mamba whose readout is the running mean of its
-leaky-integrator membrane (BPTT) or the membrane itself (online rules). Training items
-only: ``--augment`` (random time shift, stretch and mel warp) and ``--spec-masks``
-SpecAugment time and band masks (default 2). The defaults are measured on unseen speakers
-(benchmarks/RESULTS.md, issue 13). A ``--val-frac`` share of the training items (seeded)
-picks the best epoch; the test split is scored once.
+Pipeline (:mod:`bimsnn.tasks.speech`): [``--speed-perturb`` copies of the training audio]
+→ log-mel → ``--norm`` (``global`` is best on held-out takes; ``speaker``, speaker-level
+CMVN, on unseen speakers) → ``--fit`` to ``--duration-s`` → thermometer spikes
+(``--levels``, optional ON/OFF ``--delta``) → spiking Mamba whose readout is the running
+mean of its leaky-integrator membrane (BPTT) or the membrane itself (online rules).
+``--augment``: random time shift, stretch and mel warp. A ``--val-frac`` share of the
+training items (seeded) picks the best epoch; the test split is scored once.
 
 Outputs in ``--out`` (default runs/keyword_spotting): metrics.json (``accuracy``,
 ``macro_f1``, ``confusion``, ``train_seconds``, ``peak_rss_mb``), confusion.png, curves.png,
@@ -56,8 +54,6 @@ from bimsnn.training import (
     write_json,
 )
 
-_PRE, _AUG = task.KWSPre(), task.DEFAULT_AUGMENT  # the library's defaults are the recipe's
-
 
 @dataclass
 class KWSConfig(RunConfig):
@@ -66,20 +62,15 @@ class KWSConfig(RunConfig):
     test_speakers: list[str] | None = flag(None, "FSDD --split speaker: held-out speakers")
     classes: str = flag("all35", "Speech Commands label set", ("all35", "v2_12"))
     n_mels: int = flag(40, "F, mel bands")
-    norm: str | None = flag(None, "normalisation (bimsnn.data.speech_features.normalise); "
-                            f"default {_PRE.norm} on FSDD, global on Speech Commands (its "
-                            "silence clips have no speaker)", NORMS)
-    fit: str = flag(_PRE.fit, "fixed length: centre crop / front pad, or stretch in time", FITS)
-    speed_perturb: list[float] | None = flag(
-        list(_AUG.speed_perturb) or None, "extra training copies speed-perturbed by these "
-        "factors, e.g. 0.9 1.1 (1: none)")
-    spec_masks: int = flag(_AUG.spec_masks, "SpecAugment time and band masks per training "
-                           "item (0: none)")
+    norm: str = flag("global", "normalisation (bimsnn.data.speech_features.normalise)", NORMS)
+    fit: str = flag("crop", "fixed length: centre crop / front pad, or stretch in time", FITS)
+    speed_perturb: list[float] | None = flag(None, "extra training copies speed-perturbed "
+                                             "by these factors, e.g. 0.9 1.1")
     hop_ms: float = flag(10.0, "frame hop (one time step)")
     duration_s: float = flag(0.64, "clip length after crop/pad: T = duration / hop")
-    levels: int = flag(_PRE.levels, "L, thermometer levels per band")
-    delta: float | None = flag(_PRE.delta, "ON/OFF spikes when a band moves by this (none: off)")
-    augment: bool = flag(_AUG.augment, "random time shift, stretch and mel warp while training")
+    levels: int = flag(4, "L, thermometer levels per band")
+    delta: float | None = flag(None, "ON/OFF spikes when a band moves by this (none: off)")
+    augment: bool = flag(True, "random time shift, stretch and mel warp while training")
     val_frac: float = flag(0.1, "share of training items held out for model selection")
     schedule: str = flag("cosine", "learning rate over epochs", ("cosine", "constant"))
     d_model: int = flag(64, "D")
@@ -107,17 +98,15 @@ def main(argv: list[str] | None = None) -> dict:
         tc = replace(tc, rule=ck.get("rule", "bptt"), out_dir=None,
                      loss_window=ck.get("loss_window", tc.loss_window))
     else:
-        fsdd = cfg.dataset == "fsdd"
         pre = task.KWSPre(dataset=cfg.dataset, classes=cfg.classes,
-                          sample_rate=8000 if fsdd else 16000,
-                          norm=cfg.norm or (_PRE.norm if fsdd else "global"),
-                          **{k: getattr(cfg, k) for k in ("n_mels", "hop_ms", "fit",
+                          sample_rate=8000 if cfg.dataset == "fsdd" else 16000,
+                          **{k: getattr(cfg, k) for k in ("n_mels", "hop_ms", "norm", "fit",
                                                           "duration_s", "levels", "delta")})
     parts, classes, info = task.load_data(
         pre, cfg.data_dir, out, eval_only=cfg.eval_only, split=cfg.split,
         test_speakers=cfg.test_speakers, seed=tc.seed, val_frac=cfg.val_frac,
         max_items=cfg.max_items, strict=cfg.strict)
-    sets = task.spike_sets(parts, pre, cfg.augment, cfg.speed_perturb, cfg.spec_masks)
+    sets = task.spike_sets(parts, pre, cfg.augment, cfg.speed_perturb)
     print(f"{info['dataset']}: {dict((k, len(v)) for k, v in sets.items())} items, "
           f"{pre.n_inputs} afferents, features in {time.perf_counter() - t_start:.0f} s")
     history, secs = [], None

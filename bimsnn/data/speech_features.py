@@ -17,8 +17,6 @@ Normalisation modes, from least to most speaker-robust on FSDD (benchmarks/speec
              divide by its std (speaker-level CMVN as in Kaldi). Unlike cmn it keeps each
              word's own spectral shape. It needs unlabelled audio of the speaker at test
              time (the speaker's test items themselves: transductive, no labels used).
-    pcen     per-channel energy normalisation (:func:`pcen`, Wang et al. 2017) of the mel
-             energies, then ``global``: a causal automatic gain control per band.
 """
 
 from __future__ import annotations
@@ -32,10 +30,9 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from bimsnn.data.audio import check_analysis_window
-from bimsnn.data.augment import spec_mask
 from bimsnn.encoding import SpikeCode  # noqa: F401  (re-export: moved to bimsnn.encoding)
 
-NORMS = ("global", "cmn", "speaker", "pcen")
+NORMS = ("global", "cmn", "speaker")
 FITS = ("crop", "stretch")
 
 
@@ -52,28 +49,8 @@ def normalise(logmel: Tensor, mode: str = "global",
         return (logmel - stats[0]) / stats[1].clamp_min(1e-3)
     if mode not in NORMS:
         raise ValueError(f"normalisation must be one of {NORMS}, got {mode!r}")
-    if mode == "pcen":
-        logmel, mode = pcen(logmel.exp()), "global"
     z = logmel - (logmel.mean() if mode == "global" else logmel.mean(0))
     return z / z.std().clamp_min(1e-3)
-
-
-def pcen(energy: Tensor, s: float = 0.025, alpha: float = 0.98, delta: float = 2.0,
-         r: float = 0.5, eps: float = 1e-6) -> Tensor:
-    """Per-channel energy normalisation of (T, F) mel energies (not their log).
-
-    ``M_t = (1 − s)·M_{t−1} + s·E_t`` (``M_0 = E_0``, the smoother's steady state, as
-    librosa's ``lfilter_zi`` start), then ``(E_t / (eps + M_t)^alpha + delta)^r − delta^r``.
-    The smoother divides out each band's slowly varying gain (loudness, channel, part of a
-    speaker's spectral tilt), causally. s = 0.025 is librosa's 0.4 s time constant at a
-    10 ms hop; alpha, delta, r are Wang et al.'s (2017) values.
-    """
-    m = torch.empty_like(energy)
-    acc = energy[0]
-    for t in range(len(energy)):                              # T ≤ a few hundred frames
-        acc = (1 - s) * acc + s * energy[t]
-        m[t] = acc
-    return (energy / (eps + m) ** alpha + delta) ** r - delta ** r
 
 
 def speaker_stats(logmels: Sequence[Tensor], speakers: Sequence) -> dict:
@@ -117,21 +94,17 @@ class SpikeSet(Dataset):
     Augmentation (training only; torch's global RNG, seeded by ``fit``): one resampling of
     the (T, F) plane with a random time shift (± ``max_shift`` frames), time stretch
     (speaking rate ×[1 − stretch, 1 + stretch], anchored at the clip end) and mel-axis
-    scaling (×[1 − warp, 1 + warp], a vocal-tract-length perturbation); then
-    ``spec_masks`` SpecAugment time and band masks (:func:`bimsnn.data.augment.spec_mask`,
-    up to ``mask_width`` (frames, bands) wide, filled with ``mask_fill``).
+    scaling (×[1 − warp, 1 + warp], a vocal-tract-length perturbation).
     """
 
     SILENCE = -10.0  # value of padded frames: below every level, so they carry no spikes
 
     def __init__(self, feats: Tensor, labels: list[int], metas: list[dict], code: SpikeCode,
                  augment: bool = False, max_shift: int = 8, stretch: float = 0.15,
-                 warp: float = 0.1, spec_masks: int = 0, mask_width: tuple[int, int] = (8, 6),
-                 mask_fill: float = 0.0):
+                 warp: float = 0.1):
         self.feats, self.labels, self.metas = feats, labels, metas   # feats (N, T, F)
         self.code, self.augment = code, augment
         self.max_shift, self.stretch, self.warp = max_shift, stretch, warp
-        self.spec_masks, self.mask_width, self.mask_fill = spec_masks, mask_width, mask_fill
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -147,9 +120,6 @@ class SpikeSet(Dataset):
             z = _interp(z, pos, 0)
             z[outside] = self.SILENCE
             z = _interp(z, torch.arange(F, dtype=z.dtype) * (1 + self.warp * alpha), 1)
-            if self.spec_masks:
-                z = spec_mask(z, self.spec_masks, self.mask_width[0], self.spec_masks,
-                              self.mask_width[1], self.mask_fill)
         return self.code(z), self.labels[i], self.metas[i]
 
 
