@@ -331,3 +331,24 @@ def test_zero_phase_model_is_refused(demo_root, tmp_path):
     with pytest.raises(CheckpointError, match="zero-phase"):
         Monitor(z, 256.0)
     shutil.rmtree(tmp_path / "o", ignore_errors=True)
+
+
+def test_channels_map_any_edf_and_name_the_problem(demo_root, tmp_path):
+    """--channels feeds an EDF's own labels to the model's inputs; a wrong list is one
+    DataError naming the file."""
+    mp = _seizure_model(tmp_path, demo_root)
+    pre = seizure.pre_from_checkpoint(models.load(mp)[1], mp)
+    src = demo_root / "chb02" / "chb02_01.edf"
+    ref = monitor_recording(mp, src, tmp_path / "a", MonitorConfig(adapt_minutes=0))
+    low = [c.lower() for c in pre.channels]              # EDF labels match case-blind
+    same = monitor_recording(mp, src, tmp_path / "b", MonitorConfig(adapt_minutes=0,
+                                                                     channels=low))
+    np.testing.assert_array_equal(np.load(tmp_path / "a" / "scores.npz")["scores"],
+                                  np.load(tmp_path / "b" / "scores.npz")["scores"])
+    assert ref["n_scored"] == same["n_scored"]
+    with pytest.raises(DataError, match="chb02_01.edf.*takes"):
+        monitor_recording(mp, src, tmp_path / "c", MonitorConfig(adapt_minutes=0,
+                                                                 channels=low[:3]))
+    with pytest.raises(DataError, match=r"chb02_01.edf.*lacks channels \['NOPE'\]"):
+        monitor_recording(mp, src, tmp_path / "d", MonitorConfig(
+            adapt_minutes=0, channels=["nope", *low[1:]]))

@@ -62,6 +62,7 @@ class MonitorConfig:
     group: int = 256                  # windows scored together (latency: group × hop)
     seed: int = 0
     threads: int = 1
+    channels: list[str] | None = None  # the recording's channels, in the model's input order
 
 
 # ------------------------------------------------------------------ labels
@@ -154,6 +155,11 @@ def monitor_recording(model_pt, path, out: Path, cfg: MonitorConfig | None = Non
     pre = ck["preprocessing"]
     chans = pre.get("channels") if kind == "seizure" else \
         [int(c) if str(c).lstrip("-").isdigit() else c for c in pre.get("lead", [0])]
+    if cfg.channels:        # any EDF / record: its own names for the model's inputs
+        if len(cfg.channels) != len(chans):
+            raise DataError(path, f"--channels names {len(cfg.channels)} channels; the model "
+                                  f"takes {len(chans)} ({', '.join(map(str, chans))})")
+        chans = [int(c) if str(c).lstrip("-").isdigit() else c for c in cfg.channels]
     rec = open_recording(path, chans or None)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -394,6 +400,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=None,
                    help="seizure alarm threshold (default: the one in model.pt)")
     p.add_argument("--group", type=int, default=d.group, help="windows scored together")
+    p.add_argument("--channels", nargs="+", default=None,
+                   help="the recording's channels (EDF labels or WFDB signals) fed to the "
+                   "model's inputs, in its order (default: the model's own channel names)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--threads", type=int, default=d.threads)
     p.add_argument("--debug", action="store_true", help="tracebacks instead of one-line errors")
