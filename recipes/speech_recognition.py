@@ -65,6 +65,7 @@ from bimsnn.training import (
     flag,
     main_guard,
     parse_config,
+    peek_flag,
     write_json,
 )
 
@@ -87,13 +88,15 @@ class ASRConfig(RunConfig):
                      ("global", "cmn"))
     levels: int = flag(4, "thermometer levels per band")
     delta: float | None = flag(None, "ON/OFF spikes when a band moves by this (none: off)")
-    stack: int = flag(2, "frames concatenated per model step")
+    stack: int = flag(2, "frames concatenated per model step (fsdd_strings default: 4)")
+    units: str = flag("auto", "CTC output units; auto: the ten digit words on fsdd_strings, "
+                      "characters otherwise", task.UNITS)
     model: str = flag("mamba", "spiking Mamba, or the non-spiking LSTM baseline (BPTT)",
                       ("mamba", "lstm"))
     d_model: int = flag(192, "D (lstm: hidden units)")
     n_layers: int = flag(1, "SpikingMamba blocks (lstm: layers)")
     d_state: int = flag(16, "SSM state size N")
-    beta: float = flag(0.9, "LIF membrane decay per model step (fsdd_strings, --stack 4: 0.5)")
+    beta: float = flag(0.9, "LIF membrane decay per model step (fsdd_strings default: 0.5)")
     readout_beta: float = flag(0.5, "per-step readout leak (0: no smoothing of logits)")
     prior_bias: bool = flag(True, "output bias starts at the log CTC frame prior (off: 0)")
     beam: int = flag(0, "prefix beam width (0: greedy)")
@@ -113,7 +116,10 @@ TRAIN = TrainConfig(epochs=40, batch_size=8, lr=3e-3, schedule="cosine", grad_cl
 
 def main(argv: list[str] | None = None) -> dict:
     t_start = time.perf_counter()
-    cfg, tc = parse_config(ASRConfig(), TRAIN, argv=argv, description=__doc__)
+    d = task.dataset_defaults(peek_flag(argv, "dataset", "auto"),
+                              peek_flag(argv, "data_dir", None))
+    cfg, tc = parse_config(replace(ASRConfig(), **d["recipe"]), replace(TRAIN, **d["train"]),
+                           argv=argv, description=__doc__)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(cfg.threads)
     dist, device = distributed.setup(tc.device)
@@ -134,7 +140,8 @@ def main(argv: list[str] | None = None) -> dict:
         tc = replace(tc, rule=ck.get("rule", "bptt"), out_dir=None)
     else:
         pre = task.ASRPre(dataset=dataset, sample_rate=8000 if dataset == "fsdd_strings"
-                          else 16000, **{k: getattr(cfg, k) for k in (
+                          else 16000, units=task.default_units(dataset) if cfg.units == "auto"
+                          else cfg.units, **{k: getattr(cfg, k) for k in (
                               "n_mels", "norm", "levels", "delta", "stack")})
     root = Path(cfg.data_dir) if cfg.data_dir else out / "smoke_librispeech"
     urls = {"train": cfg.train_url, "val": cfg.val_url, "test": cfg.test_url}
@@ -153,7 +160,8 @@ def main(argv: list[str] | None = None) -> dict:
     if not cfg.eval_only:
         spec = task.asr_spec(pre.n_inputs, model=cfg.model, d_model=cfg.d_model,
                              n_layers=cfg.n_layers, d_state=cfg.d_state,
-                             readout_beta=cfg.readout_beta, beta=cfg.beta)
+                             readout_beta=cfg.readout_beta, beta=cfg.beta,
+                             n_classes=pre.vocab.n_classes)
         model, history, secs = task.train_asr(spec, sets["train"], sets["val"], tc,
                                               prior_bias=cfg.prior_bias)
         if stopped_at_max_steps(tc):

@@ -145,3 +145,55 @@ def test_eval_only_on_an_fsdd_folder_scores_every_file(recipe, fsdd, tmp_path):
     m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert m["wer"] == ev["wer"] and m["cer"] == ev["cer"] and 0 <= m["cer"]
     assert m["n_test"] == 20
+
+
+def test_word_units_round_trip_and_refuse_an_unknown_word():
+    from bimsnn.tasks.asr import CHAR_UNITS, DIGIT_UNITS, ASRPre
+
+    ids = DIGIT_UNITS.encode("three one  four")
+    assert ids == [4, 2, 5] and DIGIT_UNITS.n_classes == 11
+    assert DIGIT_UNITS.decode([0, 4, 0, 2, 5, 99]) == "THREE ONE FOUR"   # blank, unknown dropped
+    assert CHAR_UNITS.decode(CHAR_UNITS.encode("He's")) == "HE'S" and CHAR_UNITS.n_classes == 29
+    with pytest.raises(ValueError, match="'TEN'"):
+        DIGIT_UNITS.encode("one ten")
+    assert ASRPre(units="word").vocab is DIGIT_UNITS and ASRPre().vocab is CHAR_UNITS
+
+
+def test_recipe_word_units_on_digit_strings_and_eval_only_keeps_them(recipe, fsdd, tmp_path):
+    """--units auto is the digit words on fsdd_strings: 11 outputs, one label per digit;
+    --eval-only decodes with the checkpoint's units; --units char gives 29 outputs."""
+    from bimsnn.data import LogMel
+    from bimsnn.tasks.asr import DIGIT_UNITS, ASRPre, UttSet, collate_ctc
+
+    asr = recipe("speech_recognition")
+    res = asr.main(["--dataset", "fsdd_strings", "--data-dir", str(fsdd), "--out",
+                    str(tmp_path / "run"), *TINY])
+    assert res["model"]["kwargs"]["n_classes"] == 11
+    assert res["config"]["features"]["units"] == "word"
+    # the per-dataset defaults apply when the flag is not given (TINY gives --stack, not --beta)
+    assert res["config"]["recipe"]["beta"] == 0.5 and res["model"]["kwargs"]["beta"] == 0.5
+    ev = asr.main(["--eval-only", "--checkpoint", str(tmp_path / "run" / "model.pt"),
+                   "--data-dir", str(fsdd), "--out", str(tmp_path / "ev"), "--no-progress"])
+    assert ev["config"]["features"]["units"] == "word"
+    assert all(set(e["hyp"].split()) <= set(DIGIT_UNITS.symbols) for e in ev["examples"])
+    ch = asr.main(["--dataset", "fsdd_strings", "--data-dir", str(fsdd), "--out",
+                   str(tmp_path / "char"), "--units", "char", *TINY])
+    assert ch["model"]["kwargs"]["n_classes"] == 29
+    # the labels are one id per digit: "three one four" -> 3 labels
+    pre = ASRPre(dataset="fsdd_strings", sample_rate=SR, n_mels=16, units="word")
+    base = FSDDStrings(fsdd, 4, split="train", seed=0, sample_rate=SR,
+                       pipeline=LogMel(SR, pre.n_mels))
+    ds = UttSet(base, pre.code, pre.stack, vocab=pre.vocab)
+    x, (labels, _, tgt_lens), metas = collate_ctc([ds[i] for i in range(4)], DIGIT_UNITS)
+    for row, n, m in zip(labels, tgt_lens, metas):
+        assert n == len(m["text"].split())
+        assert DIGIT_UNITS.decode(row[:n].tolist()) == m["text"].upper()
+
+
+def test_dataset_defaults_follow_the_detected_dataset(fsdd):
+    from bimsnn.tasks.asr import dataset_defaults
+
+    d = dataset_defaults("auto", fsdd)
+    assert d["recipe"] == {"stack": 4, "beta": 0.5} and d["train"]["epochs"] == 15
+    assert dataset_defaults("auto", None) == {"recipe": {}, "train": {}}
+    assert dataset_defaults("librispeech", fsdd) == {"recipe": {}, "train": {}}

@@ -1,7 +1,8 @@
 """Character CTC speech recognition: utterances → spikes → CTC → WER/CER.
 
 Symbols: T frames (after stacking k of them: T/k model steps), B batch, F mel bands, C
-spike afferents per frame, V = 29 output classes (CTC blank 0, space, apostrophe, A-Z),
+spike afferents per frame, V output classes: 29 for characters (CTC blank 0, space,
+apostrophe, A-Z) or 11 for the digit words (blank, ZERO-NINE; :class:`Units`),
 S transcript length.
 
 One preprocessing spec (:class:`ASRPre`, stored in ``model.pt``): log-mel → per-utterance
@@ -35,6 +36,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +49,7 @@ from torch.utils.data import Dataset
 from bimsnn import models
 from bimsnn.data import FSDDStrings, LibriSpeech, LogMel
 from bimsnn.data.errors import DataError
-from bimsnn.data.fsdd_strings import fsdd_files
+from bimsnn.data.fsdd_strings import DIGIT_WORDS, fsdd_files
 from bimsnn.data.speech_features import normalise
 from bimsnn.encoding import SpikeCode
 from bimsnn.metrics import ctc_beam_decode, ctc_greedy_decode, error_counts
@@ -59,6 +61,54 @@ from bimsnn.training.online import seq_logits
 RECIPE = "speech_recognition"
 CHARS = " 'ABCDEFGHIJKLMNOPQRSTUVWXYZ"   # id = 1 + index; 0 is the CTC blank
 BLANK = 0
+UNITS = ("auto", "char", "word")
+
+
+@dataclass(frozen=True)
+class Units:
+    """The CTC output units: characters (:data:`CHARS`) or the words of a closed vocabulary.
+
+    Symbol ``k`` has label id ``k + 1`` (0 is the CTC blank), so V = ``n_classes`` =
+    1 + len(symbols). Word units spell a transcript as one label per word: on connected
+    digits the model then emits one label per digit instead of 3-5 letters, each of
+    which had to be right for the word to be (``benchmarks/RESULTS.md``, issue 13).
+    """
+
+    kind: str = "char"                       # char | word
+    symbols: tuple[str, ...] = tuple(CHARS)
+
+    @property
+    def n_classes(self) -> int:
+        return 1 + len(self.symbols)
+
+    def encode(self, text: str) -> list[int]:
+        """Upper-cased transcript → label ids. Characters outside the alphabet are dropped;
+        a word outside a word vocabulary is a ValueError naming it."""
+        if self.kind == "char":
+            return [1 + self.symbols.index(c) for c in text.upper() if c in self.symbols]
+        ids = []
+        for w in text.upper().split():
+            if w not in self.symbols:
+                raise ValueError(f"word {w!r} is not in the model's vocabulary "
+                                 f"{' '.join(self.symbols)}")
+            ids.append(1 + self.symbols.index(w))
+        return ids
+
+    def decode(self, ids) -> str:
+        """Label ids → text (words joined by single spaces); the blank and unknown ids are
+        dropped."""
+        toks = [self.symbols[i - 1] for i in ids if 0 < i <= len(self.symbols)]
+        return ("" if self.kind == "char" else " ").join(toks)
+
+
+CHAR_UNITS = Units()
+DIGIT_UNITS = Units("word", tuple(w.upper() for w in DIGIT_WORDS))
+
+
+def default_units(dataset: str) -> str:
+    """``--units auto``: words on connected digits (a closed 10-word vocabulary), else
+    characters."""
+    return "word" if dataset == "fsdd_strings" else "char"
 
 
 @dataclass
@@ -72,6 +122,16 @@ class ASRPre:
     levels: int = 4               # thermometer levels per band
     delta: float | None = None    # ON/OFF spikes when a band moves by this
     stack: int = 2                # k frames per model step
+    units: str = "char"           # CTC labels: char | word (fsdd_strings: the digit words)
+
+    @property
+    def vocab(self) -> Units:
+        """The output units (:class:`Units`); word units are the ten digit words."""
+        if self.units == "word":
+            return DIGIT_UNITS
+        if self.units != "char":
+            raise ValueError(f"units must be 'char' or 'word', got {self.units!r}")
+        return CHAR_UNITS
 
     @property
     def code(self) -> SpikeCode:
@@ -98,23 +158,25 @@ def pre_from_checkpoint(ck: dict, path) -> ASRPre:
 def save_model(path: Path, model: nn.Module, spec: dict, pre: ASRPre, tc: TrainConfig) -> Path:
     """Write ``model.pt`` (:func:`bimsnn.models.save`) with the features and alphabet."""
     return models.save(path, model, spec, preprocessing=asdict(pre), recipe=RECIPE,
-                       chars=CHARS, rule=tc.rule, train_config=asdict(tc))
+                       chars=CHARS, symbols=list(pre.vocab.symbols), rule=tc.rule,
+                       train_config=asdict(tc))
 
 
 def asr_spec(n_inputs: int, *, model: str = "mamba", d_model: int = 96, n_layers: int = 2,
-             d_state: int = 16, readout_beta: float = 0.5, beta: float = 0.9) -> dict:
-    """V = 1 + len(CHARS) per-step outputs. ``model="mamba"``: ``spiking_mamba`` (LIF decay
+             d_state: int = 16, readout_beta: float = 0.5, beta: float = 0.9,
+             n_classes: int = CHAR_UNITS.n_classes) -> dict:
+    """V = ``n_classes`` per-step outputs (:attr:`Units.n_classes`). ``model="mamba"``: ``spiking_mamba`` (LIF decay
     ``beta`` per model step) with readout "li" (the integrator's membrane at each step, leak
     ``readout_beta``; 0: no smoothing);
     ``"lstm"``: :class:`LSTMCTC` (``d_model`` hidden units, ``n_layers`` layers), the
     non-spiking baseline."""
     if model == "lstm":
-        return models.spec("lstm_ctc", n_inputs=n_inputs, n_classes=1 + len(CHARS),
+        return models.spec("lstm_ctc", n_inputs=n_inputs, n_classes=n_classes,
                            hidden=d_model, num_layers=n_layers)
     if model != "mamba":
         raise ValueError(f"model must be 'mamba' or 'lstm', got {model!r}")
     return models.spec("spiking_mamba", d_model=d_model, n_inputs=n_inputs,
-                       n_classes=1 + len(CHARS), n_layers=n_layers, d_state=d_state,
+                       n_classes=n_classes, n_layers=n_layers, d_state=d_state,
                        beta=beta, readout="li", readout_beta=readout_beta)
 
 
@@ -139,11 +201,12 @@ def ctc_prior_bias_(model: nn.Module, train: Dataset, floor: float = 1e-4) -> Te
     "blank everywhere": the last spiking layers split into always-on and silent neurons
     and the loss stalled at the prior's level (smoke set, see the module docstring).
     """
-    counts = torch.zeros(1 + len(CHARS))
+    vocab = getattr(train, "vocab", CHAR_UNITS)
+    counts = torch.zeros(vocab.n_classes)
     steps = 0
     for i in range(len(train)):
         x, text, _ = train[i]
-        counts += torch.bincount(torch.tensor(text_to_ids(text), dtype=torch.long),
+        counts += torch.bincount(torch.tensor(vocab.encode(text), dtype=torch.long),
                                  minlength=len(counts)).float()
         steps += len(x)
     chars = counts.sum().item()
@@ -163,12 +226,12 @@ def text_to_ids(text: str) -> list[int]:
     >>> text_to_ids("He's 2!"), ids_to_text(text_to_ids("He's 2!"))
     ([10, 7, 2, 21, 1], "HE'S ")
     """
-    return [1 + CHARS.index(c) for c in text.upper() if c in CHARS]
+    return CHAR_UNITS.encode(text)
 
 
 def ids_to_text(ids: list[int]) -> str:
     """Label ids (1..len(CHARS); 0 is the CTC blank) to text; other ids are dropped."""
-    return "".join(CHARS[i - 1] for i in ids if 0 < i <= len(CHARS))
+    return CHAR_UNITS.decode(ids)
 
 
 # ---------------------------------------------------------------------------- smoke data
@@ -231,11 +294,13 @@ class UttSet(Dataset):
             whose items are ((T, F) log-mel, transcript, meta).
         code: thermometer spike code. stack: k. cache: keep encoded items in memory.
         max_utts: use only the first ones. norm: :func:`~bimsnn.data.speech_features.normalise`.
+        vocab: the CTC output units its transcripts are labelled in (:class:`Units`).
     """
 
     def __init__(self, base: Dataset, code: SpikeCode, stack: int, cache: bool = True,
-                 max_utts: int | None = None, norm: str = "global"):
+                 max_utts: int | None = None, norm: str = "global", vocab: Units = CHAR_UNITS):
         self.base, self.code, self.stack, self.cache, self.norm = base, code, stack, cache, norm
+        self.vocab = vocab
         self.n = min(len(base), max_utts) if max_utts else len(base)
         self._memo: dict[int, tuple] = {}
 
@@ -245,7 +310,7 @@ class UttSet(Dataset):
         """The ``url`` subset of the LibriSpeech layout under ``root``, coded as ``pre`` says."""
         base = LibriSpeech(root, url, ext_audio=ext_audio, strict=strict,
                            pipeline=LogMel(pre.sample_rate, pre.n_mels))
-        return cls(base, pre.code, pre.stack, cache, max_utts, pre.norm)
+        return cls(base, pre.code, pre.stack, cache, max_utts, pre.norm, pre.vocab)
 
     def __len__(self) -> int:
         return self.n
@@ -265,6 +330,23 @@ class UttSet(Dataset):
 
 # ---------------------------------------------------------------------------- data sets
 DATASETS = ("auto", "librispeech", "fsdd_strings")
+
+# The recipe's per-dataset defaults (flags given override them): ASRConfig fields under
+# "recipe", TrainConfig fields under "train". Connected digits: 4 frames (40 ms) per model
+# step and a faster LIF leak (β = 0.5 per step) suit word-length units; 15 epochs of BPTT
+# reach held-out-takes WER 0.05 (benchmarks/RESULTS.md, issue 13).
+DATASET_DEFAULTS: dict[str, dict[str, dict]] = {
+    "fsdd_strings": {"recipe": {"stack": 4, "beta": 0.5}, "train": {"epochs": 15}},
+}
+
+
+def dataset_defaults(dataset: str, data_dir: str | Path | None = None) -> dict[str, dict]:
+    """``{"recipe": {...}, "train": {...}}`` for ``--dataset`` (``"auto"``: as
+    :func:`detect_dataset` finds ``data_dir``); empty dicts for the smoke set/LibriSpeech."""
+    if dataset == "auto":
+        dataset = detect_dataset(data_dir)
+    d = DATASET_DEFAULTS.get(dataset, {})
+    return {"recipe": dict(d.get("recipe", {})), "train": dict(d.get("train", {}))}
 
 
 def detect_dataset(data_dir: str | Path | None) -> str:
@@ -307,7 +389,7 @@ def open_sets(pre: ASRPre, root: str | Path, *, eval_only: bool = False,
     else:
         bases = {k: FSDDStrings(root, n_utts if k == "train" else max(1, n_utts // 4),
                                 split=k, **kw) for k in ("train", "val", "test")}
-    sets = {k: UttSet(b, pre.code, pre.stack, cache, max_utts, pre.norm)
+    sets = {k: UttSet(b, pre.code, pre.stack, cache, max_utts, pre.norm, pre.vocab)
             for k, b in bases.items()}
     test_spk = sorted({f[2] for f in bases["test"].files})
     return sets, {"dataset": "fsdd_strings", "root": str(root),
@@ -315,12 +397,13 @@ def open_sets(pre: ASRPre, root: str | Path, *, eval_only: bool = False,
                   "test_speakers": test_spk if eval_only or split == "speaker" else None}
 
 
-def collate_ctc(batch: list[tuple]) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor], list]:
-    """→ x (T_max, B, C) zero-padded at the end; target = (labels (B, S_max), input lengths
-    (B,), label lengths (B,)); metas (with ``text``)."""
+def collate_ctc(batch: list[tuple], vocab: Units = CHAR_UNITS
+                ) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor], list]:
+    """→ x (T_max, B, C) zero-padded at the end; target = (labels (B, S_max) in ``vocab``,
+    input lengths (B,), label lengths (B,)); metas (with ``text``)."""
     xs, texts, metas = zip(*batch)
     x = torch.nn.utils.rnn.pad_sequence([s.float() for s in xs])      # (T_max, B, C)
-    ids = [torch.tensor(text_to_ids(t), dtype=torch.long) for t in texts]
+    ids = [torch.tensor(vocab.encode(t), dtype=torch.long) for t in texts]
     labels = torch.nn.utils.rnn.pad_sequence(ids, batch_first=True)  # (B, S_max), 0-padded
     return (x, (labels, torch.tensor([len(s) for s in xs]), torch.tensor([len(i) for i in ids])),
             list(metas))
@@ -347,7 +430,7 @@ def train_asr(spec: dict, train: Dataset, val: Dataset, tc: TrainConfig, *,
         ctc_prior_bias_(model, train)
     t0 = time.perf_counter()
     history = fit(model, train, None, tc, loss_fn=ctc_loss, per_step=True,
-                  collate_fn=collate_ctc, monitor="cer", higher_is_better=False,
+                  collate_fn=partial(collate_ctc, vocab=getattr(train, "vocab", CHAR_UNITS)), monitor="cer", higher_is_better=False,
                   validate=lambda m: ctc_eval(m, val, tc.batch_size))
     return model, history, time.perf_counter() - t0
 
@@ -368,16 +451,17 @@ def ctc_eval(model: nn.Module, ds: Dataset, batch_size: int, beam: int = 0,
     model.eval()
     sums = np.zeros(6)      # Σ loss·items, items, word edits, words, char edits, chars
     examples = []
+    vocab = getattr(ds, "vocab", CHAR_UNITS)
     idx = list(range(info.rank, len(ds), info.world_size))
     for k in range(0, len(idx), batch_size):
-        x, target, metas = collate_ctc([ds[i] for i in idx[k:k + batch_size]])
+        x, target, metas = collate_ctc([ds[i] for i in idx[k:k + batch_size]], vocab)
         target = tuple(t.to(device) for t in target)
         logits = seq_logits(model, x.to(device))                     # (T, B, V)
         lp = logits.log_softmax(-1)
         hyp_ids = (ctc_beam_decode(lp, target[1], BLANK, beam) if beam
                    else ctc_greedy_decode(lp, target[1], BLANK))
-        hyps = [" ".join(ids_to_text(h).split()) for h in hyp_ids]   # as refs: no edge spaces
-        refs = [ids_to_text(text_to_ids(m["text"])) for m in metas]
+        hyps = [" ".join(vocab.decode(h).split()) for h in hyp_ids]  # as refs: no edge spaces
+        refs = [vocab.decode(vocab.encode(m["text"])) for m in metas]
         sums += [ctc_loss(logits, target).item() * len(refs), len(refs),
                  *error_counts(refs, hyps, "word"), *error_counts(refs, hyps, "char")]
         examples += list(zip(refs, hyps))[: max(0, n_examples - len(examples))]
