@@ -1,8 +1,7 @@
 """Keyword spotting (spoken digits, Speech Commands) with a spiking Mamba, any learning rule.
 
     python recipes/keyword_spotting.py                              # FSDD (see Data)
-    python recipes/keyword_spotting.py --data-dir /data/fsdd --split speaker --test-speakers theo \
-        --norm speaker --fit stretch --speed-perturb 0.8 0.9 1.1 1.2 --epochs 6 --d-model 128
+    python recipes/keyword_spotting.py --data-dir /data/fsdd --split speaker --test-speakers theo
     python recipes/keyword_spotting.py --dataset speechcommands --data-dir /data/SC --classes v2_12
     python recipes/keyword_spotting.py --rule hybrid      # online: chunks of 32 steps, traces across
     python recipes/keyword_spotting.py --eval-only --checkpoint runs/keyword_spotting/model.pt \
@@ -13,8 +12,9 @@ Data: FSDD (``{digit}_{speaker}_{take}.wav``) from ``--data-dir``, else the shar
 (``shared_data_dir()/fsdd``), else, so that the recipe runs anywhere, a *synthetic* smoke
 set written to ``<out>/synthetic_fsdd`` (not speech: its accuracy means nothing).
 ``--split takes``: takes 0-4 are test (FSDD README); ``--split speaker``: the
-``--test-speakers`` (default one drawn with ``--seed``); the second command above is the
-unseen-speaker setup of benchmarks/speech.py. Speech Commands v2: ``--classes all35 |
+``--test-speakers`` (default one drawn with ``--seed``), with the unseen-speaker defaults
+of :data:`bimsnn.tasks.speech.SPLIT_DEFAULTS` (``--norm speaker --fit stretch
+--speed-perturb 0.9 1.1``; flags given override them), as benchmarks/speech.py runs it. Speech Commands v2: ``--classes all35 |
 v2_12`` with the official lists.
 
 Pipeline (:mod:`bimsnn.tasks.speech`): [``--speed-perturb`` copies of the training audio]
@@ -51,6 +51,7 @@ from bimsnn.training import (
     flag,
     main_guard,
     parse_config,
+    peek_flag,
     write_json,
 )
 
@@ -84,7 +85,9 @@ class KWSConfig(RunConfig):
 
 def main(argv: list[str] | None = None) -> dict:
     t_start = time.perf_counter()
-    cfg, tc = parse_config(KWSConfig(), task.DEFAULT_TRAIN, argv=argv, description=__doc__)
+    split = task.SPLIT_DEFAULTS.get(peek_flag(argv, "split", KWSConfig.split), {})
+    cfg, tc = parse_config(replace(KWSConfig(), **split), task.DEFAULT_TRAIN, argv=argv,
+                           description=__doc__)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(cfg.threads)
     dist, device = distributed.setup(tc.device)

@@ -131,12 +131,29 @@ def test_kws_real_fsdd_hybrid(recipe, shared_data, tmp_path):
                     "30", "--split", "speaker", "--test-speakers", "theo"])
     assert res["data"]["test_speakers"] == ["theo"] and res["n_test"] == 30
     assert 0.0 <= res["accuracy"] <= 1.0 and res["rule"] == "hybrid"
+    # --split speaker brings the unseen-speaker defaults (tasks.speech.SPLIT_DEFAULTS)
+    rc = res["config"]["recipe"]
+    assert (rc["norm"], rc["fit"], rc["speed_perturb"]) == ("speaker", "stretch", [0.9, 1.1])
+    assert res["config"]["features"]["norm"] == "speaker"
     _, ck = models.load(tmp_path / "model.pt")
     assert ck["rule"] == "hybrid" and ck["spec"]["kwargs"]["readout"] == "li"
     # The recipe's default is the task's DEFAULT_TRAIN: chunked Hybrid, per-weight balance.
     tc = ck["train_config"]
     assert (tc["hybrid_grad"], tc["balance"], tc["chunk"]) == (
         kws_task.DEFAULT_TRAIN.hybrid_grad, "element", kws_task.DEFAULT_TRAIN.chunk)
+
+
+def test_kws_split_defaults_apply_only_to_their_split_and_flags_override(recipe, tmp_path):
+    kws = recipe("keyword_spotting")
+    root = kws_task.write_synthetic_fsdd(tmp_path / "fsdd", speakers=("ann", "bob"), takes=6)
+    res = kws.main(["--data-dir", str(root), "--out", str(tmp_path / "a"), *TINY_KWS,
+                    "--split", "speaker", "--test-speakers", "bob", "--speed-perturb", "none",
+                    "--norm", "global"])
+    rc = res["config"]["recipe"]
+    assert (rc["norm"], rc["fit"], rc["speed_perturb"]) == ("global", "stretch", None)
+    res = kws.main(["--data-dir", str(root), "--out", str(tmp_path / "b"), *TINY_KWS])
+    rc = res["config"]["recipe"]
+    assert (rc["norm"], rc["fit"], rc["speed_perturb"]) == ("global", "crop", None)
 
 
 def test_kws_speech_commands_layout(recipe, tmp_path):

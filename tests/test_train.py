@@ -141,6 +141,24 @@ def test_parse_config_two_dataclasses_with_unions_tuples_and_required():
         parse_config(mamba.MambaConfig, argv=["--n_inputs", "3", "--n_classes", "2"])
 
 
+def test_optional_list_flag_takes_none_to_turn_a_default_off():
+    from dataclasses import dataclass
+
+    @dataclass
+    class Cfg:
+        speeds: list[float] | None = None
+        sizes: tuple[int, ...] | None = (2, 3)
+
+    base = Cfg(speeds=[0.9, 1.1])
+    assert parse_config(base, argv=[]).speeds == [0.9, 1.1]
+    assert parse_config(base, argv=["--speeds", "none"]).speeds is None
+    assert parse_config(base, argv=["--speeds", "0.8"]).speeds == [0.8]
+    assert parse_config(base, argv=["--sizes", "4", "5"]).sizes == (4, 5)   # still a tuple
+    assert parse_config(base, argv=["--sizes", "None"]).sizes is None
+    with pytest.raises(SystemExit):
+        parse_config(base, argv=["--speeds", "0.8", "none"])
+
+
 def test_collate_is_time_major_and_keeps_metas():
     items = [(torch.ones(5, 3, dtype=torch.uint8), i % 2, {"i": i}) for i in range(4)]
     x, y, metas = collate(items)

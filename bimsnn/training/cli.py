@@ -54,6 +54,18 @@ class _TupleAction(argparse.Action):
         setattr(namespace, self.dest, tuple(values))
 
 
+class _OptionalListAction(argparse.Action):
+    """``--flag none`` → None (turns off a list default); "none" among values is an error."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if None in values and len(values) > 1:
+            parser.error(f"argument {option_string}: 'none' cannot be combined with values")
+        value = None if None in values else values
+        if value is not None and self.const is tuple:
+            value = tuple(value)
+        setattr(namespace, self.dest, value)
+
+
 def add_dataclass_args(parser: argparse.ArgumentParser, config) -> None:
     """Add one flag per init field of ``config`` (a dataclass type or instance).
 
@@ -84,8 +96,10 @@ def add_dataclass_args(parser: argparse.ArgumentParser, config) -> None:
         if args == (bool,):
             kw["action"] = argparse.BooleanOptionalAction
         elif len(args) == 1 and get_origin(args[0]) in (list, tuple):
-            kw.update(nargs="+", type=_convert((get_args(args[0])[0],), False))
-            if get_origin(args[0]) is tuple:
+            kw.update(nargs="+", type=_convert((get_args(args[0])[0],), optional))
+            if optional:  # a lone "none" turns the default off
+                kw.update(action=_OptionalListAction, const=get_origin(args[0]))
+            elif get_origin(args[0]) is tuple:
                 kw["action"] = _TupleAction
         elif args and all(a in (int, float, str) for a in args):
             kw["type"] = _convert(args, optional)
