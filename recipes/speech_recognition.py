@@ -1,10 +1,10 @@
-"""Character CTC speech recognition (LibriSpeech layout, FSDD digit strings) with a spiking Mamba.
+"""CTC speech recognition (LibriSpeech layout, FSDD digit strings) with a spiking Mamba.
 
     python recipes/speech_recognition.py                       # smoke set (see Data)
+    python recipes/speech_recognition.py --dataset fsdd_strings --data-dir /data/fsdd
+                                                              # connected digits
     python recipes/speech_recognition.py --dataset fsdd_strings --data-dir /data/fsdd \
-        --stack 4 --beta 0.5 --epochs 30                        # connected digits
-    python recipes/speech_recognition.py --dataset fsdd_strings --data-dir /data/fsdd \
-        --stack 4 --epochs 15 --model lstm --d-model 128        # the LSTM baseline
+        --model lstm --d-model 128                              # the LSTM baseline
     python recipes/speech_recognition.py --data-dir /data --train-url train-clean-100 \
         --val-url dev-clean --test-url test-clean --stack 3 --no-cache
     python recipes/speech_recognition.py --rule hybrid --beam 8
@@ -22,22 +22,26 @@ nothing about LibriSpeech. ``--dataset fsdd_strings`` (:class:`bimsnn.data.FSDDS
 2-7 digits of one FSDD speaker joined by 50-300 ms pauses, transcripts like "THREE ONE
 FOUR", ``--fsdd-utts`` for training (val and test a quarter each), ``--split takes``
 (test takes 0-4, val 5-9, train the rest, every speaker) or ``speaker`` (``--test-speakers``,
-default one drawn with ``--seed``). ``--eval-only`` on a folder of FSDD WAVs (``--dataset
-auto`` detects it) scores every file as a one-digit utterance.
+default one drawn with ``--seed``), with the dataset's defaults
+(:data:`bimsnn.tasks.asr.DATASET_DEFAULTS`: ``--stack 4 --beta 0.5``, 15 epochs; flags
+given override them). ``--eval-only`` on a folder of FSDD WAVs (``--dataset auto`` detects
+it) scores every file as a one-digit utterance.
 
 Pipeline (:mod:`bimsnn.tasks.asr`): log-mel → per-utterance ``--norm`` → thermometer spikes
 (``--levels`` [+ ``--delta``]) → ``--stack`` consecutive frames concatenated → spiking
-Mamba per-step logits (T, B, V = 29) → CTC (blank 0). Decoding: greedy best path, or prefix
-beam search (``--beam N``). WER / CER are corpus-level edit-distance rates.
+Mamba per-step logits (T, B, V) → CTC (blank 0) over ``--units``: characters (V = 29) or,
+on connected digits (``auto``), the ten digit words (V = 11: one label per digit instead of
+3-5 letters that must all be right). Decoding: greedy best path, or prefix beam search
+(``--beam N``). WER / CER are corpus-level edit-distance rates.
 
 Training (:func:`bimsnn.tasks.asr.train_asr`): the output bias starts at the log CTC frame
 prior (``--no-prior-bias``: zero), then :func:`bimsnn.training.fit` with ``per_step=True``:
 BPTT, or an online ``--rule`` (chunks of ``--chunk`` 16 steps, traces across), where CTC's
 per-step error from a first pass drives the rule (:class:`bimsnn.training.SequenceTarget`);
 the validation CER picks the best epoch. Connected digits, held-out takes, 1000 training
-utterances, greedy, WER / CER (2 busy cores): spiking BPTT 15 epochs 0.209 / 0.072 (9 min),
-30 epochs 0.150 / 0.061 (17 min; beam 8: 0.142 / 0.058); LSTM 15 epochs 0.150 / 0.047
-(3.5 min), 30 epochs 0.186 / 0.055; ``--rule hybrid`` 8 epochs 0.643 / 0.272 (10 min).
+utterances, greedy, WER / CER, the defaults (2 busy cores): spiking BPTT 0.051 / 0.044
+(4.5 min), LSTM 0.044 / 0.041 (2 min), ``--rule hybrid --epochs 8`` 0.088 / 0.079 (6.5
+min). With ``--units char`` (15 epochs): spiking BPTT 0.209 / 0.072, LSTM 0.150 / 0.047.
 Outputs in ``--out`` (default runs/speech_recognition): metrics.json (``wer``, ``cer``,
 examples, ``train_seconds``, ``peak_rss_mb``), curves.png, model.pt
 (``bimsnn.models.load``), ckpt.pt, best.pt (``--resume``).

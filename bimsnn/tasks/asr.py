@@ -1,4 +1,4 @@
-"""Character CTC speech recognition: utterances → spikes → CTC → WER/CER.
+"""CTC speech recognition (character or word units): utterances → spikes → CTC → WER/CER.
 
 Symbols: T frames (after stacking k of them: T/k model steps), B batch, F mel bands, C
 spike afferents per frame, V output classes: 29 for characters (CTC blank 0, space,
