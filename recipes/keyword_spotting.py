@@ -74,7 +74,9 @@ class KWSConfig(RunConfig):
     augment: bool = flag(True, "random time shift, stretch and mel warp while training")
     val_frac: float = flag(0.1, "share of training items held out for model selection")
     schedule: str = flag("cosine", "learning rate over epochs", ("cosine", "constant"))
-    d_model: int = flag(64, "D")
+    model: str = flag("mamba", "spiking Mamba, or the non-spiking LSTM baseline (BPTT)",
+                      ("mamba", "lstm"))
+    d_model: int = flag(64, "D (lstm: hidden units)")
     n_layers: int = flag(1, "SpikingMamba blocks")
     d_state: int = flag(16, "SSM state size N")
     readout: str = flag("auto", "logits: running mean of the readout membrane, or the "
@@ -101,6 +103,9 @@ def main(argv: list[str] | None = None) -> dict:
         tc = replace(tc, rule=ck.get("rule", "bptt"), out_dir=None,
                      loss_window=ck.get("loss_window", tc.loss_window))
     else:
+        if cfg.model == "lstm" and tc.rule != "bptt":  # no step(): BPTT, and say so in metrics
+            print(f"the LSTM baseline has no step(): trained with BPTT, not {tc.rule}")
+            tc = replace(tc, rule="bptt")
         pre = task.KWSPre(dataset=cfg.dataset, classes=cfg.classes,
                           sample_rate=8000 if cfg.dataset == "fsdd" else 16000,
                           **{k: getattr(cfg, k) for k in ("n_mels", "hop_ms", "norm", "fit",
@@ -118,7 +123,7 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         spec = task.kws_spec(pre.n_inputs, len(classes), d_model=cfg.d_model,
                              n_layers=cfg.n_layers, d_state=cfg.d_state, readout=cfg.readout,
-                             rule=tc.rule)
+                             rule=tc.rule, model=cfg.model)
         model, history, secs = task.train_kws(spec, sets, tc, cfg.schedule)
         if stopped_at_max_steps(tc):
             print(f"stopped at --max-steps {tc.max_steps}; continue with --resume")

@@ -156,6 +156,18 @@ def test_kws_split_defaults_apply_only_to_their_split_and_flags_override(recipe,
     assert (rc["norm"], rc["fit"], rc["speed_perturb"]) == ("global", "crop", None)
 
 
+def test_kws_lstm_baseline_trains_with_bptt_and_reloads(recipe, tmp_path):
+    kws = recipe("keyword_spotting")
+    root = kws_task.write_synthetic_fsdd(tmp_path / "fsdd", speakers=("ann",), takes=6)
+    res = kws.main(["--data-dir", str(root), "--out", str(tmp_path / "run"), *TINY_KWS,
+                    "--model", "lstm", "--rule", "hybrid"])
+    assert res["model"]["name"] == "lstm" and res["rule"] == "bptt"
+    assert 0.0 <= res["accuracy"] <= 1.0
+    ev = kws.main(["--eval-only", "--checkpoint", str(tmp_path / "run" / "model.pt"),
+                   "--data-dir", str(root), "--out", str(tmp_path / "ev"), "--no-progress"])
+    assert ev["model"]["name"] == "lstm" and ev["n_test"] == 60
+
+
 def test_kws_speech_commands_layout(recipe, tmp_path):
     """A tiny Speech Commands v2 folder (yes/no/cat + noise): the 12-class task runs."""
     kws = recipe("keyword_spotting")

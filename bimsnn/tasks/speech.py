@@ -18,7 +18,7 @@ its official lists. A seeded ``val_frac`` share of the training items picks the 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +32,7 @@ from bimsnn.data.speech_features import SpikeSet, load_features
 from bimsnn.encoding import SpikeCode
 from bimsnn.metrics import classification_metrics
 from bimsnn.paths import shared_data_dir
+from bimsnn.tasks.common import SPIKING
 from bimsnn.training import CheckpointError, RunError, TrainConfig, distributed, evaluate, fit
 
 RECIPE = "keyword_spotting"
@@ -235,10 +236,17 @@ SPLIT_DEFAULTS: dict[str, dict] = {
 
 
 def kws_spec(n_inputs: int, n_classes: int, *, d_model: int = 64, n_layers: int = 1,
-             d_state: int = 16, readout: str = "auto", rule: str = "bptt") -> dict:
+             d_state: int = 16, readout: str = "auto", rule: str = "bptt",
+             model: str = "mamba") -> dict:
     """The ``spiking_mamba`` spec. ``readout`` auto: the running mean of the readout
     membrane (mean_mem) for BPTT; its membrane itself (li, a per-step target) for the
-    online rules."""
+    online rules. ``model="lstm"``: the non-spiking baseline
+    (:class:`~bimsnn.models.baselines.LSTMClassifier`, ``d_model`` hidden units, BPTT)."""
+    if model == "lstm":
+        return models.spec("lstm", n_inputs=n_inputs, n_classes=n_classes, hidden=d_model,
+                           num_layers=n_layers)
+    if model != "mamba":
+        raise ValueError(f"model must be 'mamba' or 'lstm', got {model!r}")
     if readout == "auto":
         readout = "mean_mem" if rule == "bptt" else "li"
     return models.spec("spiking_mamba", d_model=d_model, n_inputs=n_inputs,
@@ -248,7 +256,11 @@ def kws_spec(n_inputs: int, n_classes: int, *, d_model: int = 64, n_layers: int 
 def train_kws(spec: dict, sets: dict, tc: TrainConfig, schedule: str = "cosine"):
     """Seed, build, :func:`bimsnn.training.fit` with AdamW and a cosine (or constant)
     learning rate over the epochs; the online rules come from ``tc`` (rule, lam, balance,
-    hybrid_grad). Returns (model at its best val epoch, history, training seconds)."""
+    hybrid_grad); a model without ``step`` (the LSTM) is trained with BPTT whatever
+    ``tc.rule``. Returns (model at its best val epoch, history, training seconds)."""
+    if spec["name"] not in SPIKING and tc.rule != "bptt":
+        print(f"{spec['name']} has no step(): trained with BPTT, not {tc.rule}")
+        tc = replace(tc, rule="bptt")
     torch.manual_seed(tc.seed)
     model = models.build(spec)
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
