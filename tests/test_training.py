@@ -296,3 +296,59 @@ def test_chunked_fit_trains_and_leaves_the_model_as_it_was():
                        lr=0.02, batch_size=8))
     assert hist[-1]["train_loss"] < hist[0]["train_loss"]
     assert "multi_step" not in vars(net.in_lif) and "forward" not in vars(net.blocks[0].ssm)
+
+
+# ------------------------------------------------------------------ weight averaging (ema)
+class Recorder(torch.optim.SGD):
+    """SGD that keeps every parameter vector after each step (to recompute the average)."""
+
+    def __init__(self, params, lr):
+        params = list(params)
+        super().__init__(params, lr=lr)
+        self.trail = []
+
+    def step(self, closure=None):
+        out = super().step(closure)
+        self.trail.append([p.detach().clone() for g in self.param_groups for p in g["params"]])
+        return out
+
+
+def test_ema_model_is_the_moving_average_of_the_trajectory():
+    torch.manual_seed(0)
+    m = StepNet()
+    start = [p.detach().clone() for p in m.parameters()]
+    opt = Recorder(m.parameters(), lr=0.05)
+    fit(m, Synth(), None, cfg_for(None, ema=0.9), optimizer=opt)
+    avg = start
+    for t, w in enumerate(opt.trail, start=1):          # d_t = min(0.9, (1 + t)/(10 + t))
+        d = min(0.9, (1 + t) / (10 + t))
+        avg = [a + (1 - d) * (x - a) for a, x in zip(avg, w)]
+    assert len(opt.trail) == 18                          # 3 epochs of 6 batches
+    for p, a, last in zip(m.parameters(), avg, opt.trail[-1]):
+        torch.testing.assert_close(p.detach(), a, rtol=1e-6, atol=1e-7)
+        assert not torch.allclose(p.detach(), last)      # the average, not the last step
+
+
+def test_ema_validates_the_average_and_resume_is_exact(tmp_path):
+    torch.manual_seed(0)
+    full = StepNet()
+    h_full = fit(full, Synth(), Synth(n=16, seed=1), cfg_for(tmp_path / "full", ema=0.8))
+    torch.manual_seed(0)
+    part = StepNet()
+    fit(part, Synth(), Synth(n=16, seed=1), cfg_for(tmp_path / "part", ema=0.8, max_steps=8))
+    assert load_checkpoint(tmp_path / "part" / "ckpt.pt")["ema"] is not None
+    torch.manual_seed(7)
+    resumed = StepNet()
+    h_res = fit(resumed, Synth(), Synth(n=16, seed=1),
+                cfg_for(tmp_path / "part", ema=0.8, resume=True))
+    a, b = state_of(full), state_of(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["val_acc"] for r in h_full] == [r["val_acc"] for r in h_res]
+    best = load_checkpoint(tmp_path / "full" / "best.pt")["model"]
+    assert all(torch.equal(best[k], a[k]) for k in a)   # restore_best: the saved average
+
+
+@pytest.mark.parametrize("kw", [dict(ema=1.0), dict(ema=0.0), dict(ema=0.9, prune=0.5)])
+def test_bad_ema_is_one_clear_error(kw):
+    with pytest.raises(ValueError, match="ema"):
+        TrainConfig(**kw)

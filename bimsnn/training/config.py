@@ -76,6 +76,9 @@ class TrainConfig:
                              "the per-step rules through model.step")
     x_proj_traces: bool = flag(True, "chunked RTRL/Hybrid: exact traces of the SSM's x_proj "
                                "(O(B·N·E²) each; off: within-chunk credit for those rows)")
+    ema: float | None = flag(None, "decay of an exponential moving average of the weights "
+                             "(Polyak averaging, e.g. 0.995): validation, best.pt and the "
+                             "trained model use the average; none: off")
     prune: float | None = flag(None, "AdaptivePruning target sparsity ρ (none: no pruning)")
     prune_beta: float = flag(100.0, "AdaptivePruning β (1/weight units) of σ(β(θ − |w|))")
     prune_gamma: float = flag(0.01, "AdaptivePruning γ, threshold adaptation rate")
@@ -107,6 +110,11 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.loss_window must lie in (0, 1], got {self.loss_window}")
         if self.prune is not None and not 0 <= self.prune < 1:
             raise ValueError(f"TrainConfig.prune must lie in [0, 1) or be None, got {self.prune}")
+        if self.ema is not None and not 0 < self.ema < 1:
+            raise ValueError(f"TrainConfig.ema must lie in (0, 1) or be None, got {self.ema}")
+        if self.ema is not None and self.prune is not None:
+            raise ValueError("TrainConfig.ema and prune cannot be combined: the average of "
+                             "pruned weights is not pruned")
         if not 0 <= self.lam <= 1:
             raise ValueError(f"TrainConfig.lam must lie in [0, 1], got {self.lam}")
         if self.epochs < 0 or self.batch_size < 1 or self.patience < 0:

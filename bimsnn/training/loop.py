@@ -72,6 +72,47 @@ def update(model: nn.Module, fill_grads: Callable[..., Tensor], args: tuple,
     return loss.detach()
 
 
+class _WeightEMA:
+    """Exponential moving average of the floating-point parameters (Polyak averaging):
+    after optimizer step t, ``avg ← avg + (1 − d_t)(w − avg)`` with d_t = min(decay,
+    (1 + t)/(10 + t)), so early steps (far from the solution) fade quickly. ``swapped()``
+    puts the average into the model for validation and best.pt, then the live weights back."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.params = {k: p for k, p in model.named_parameters() if p.is_floating_point()}
+        self.avg = {k: p.detach().clone() for k, p in self.params.items()}
+
+    @torch.no_grad()
+    def update(self, step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step))
+        for k, p in self.params.items():
+            self.avg[k].lerp_(p.detach(), 1 - d)
+
+    @contextlib.contextmanager
+    def swapped(self):
+        live = {k: p.detach().clone() for k, p in self.params.items()}
+        self.load_into_model()
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for k, p in self.params.items():
+                    p.copy_(live[k])
+
+    @torch.no_grad()
+    def load_into_model(self) -> None:
+        for k, p in self.params.items():
+            p.copy_(self.avg[k])
+
+    def state_dict(self) -> dict:
+        return {k: v.detach().cpu().clone() for k, v in self.avg.items()}
+
+    def load_state_dict(self, sd: dict) -> None:
+        for k, v in self.avg.items():
+            v.copy_(sd[k])
+
+
 @dataclass
 class Progress:
     """Where training stands; checkpointed as a dict (``weights_only``-safe primitives).
@@ -154,6 +195,7 @@ def run_epochs(model: nn.Module, train_ds: Dataset, cfg, *,
     prog = Progress()
     history: list[dict] = []
     best: list = [None]                  # the best epoch's weights (CPU), in a mutable box
+    ema = _WeightEMA(model, cfg.ema) if getattr(cfg, "ema", None) else None
     if cfg.resume:
         if out is None:
             raise ValueError("resume=True needs out_dir")
@@ -162,6 +204,13 @@ def run_epochs(model: nn.Module, train_ds: Dataset, cfg, *,
             restore_training_state(ck, model, opt, scheduler, pruner, out / "ckpt.pt")
             prog = Progress.from_dict(ck["progress"])
             history = list(ck["history"])
+            if ema is not None:
+                if ck.get("ema") is None:
+                    log.warning("%s has no weight average: it restarts from the weights",
+                                out / "ckpt.pt")
+                    ema = _WeightEMA(model, cfg.ema)
+                else:
+                    ema.load_state_dict(ck["ema"])
             if (out / "best.pt").exists():
                 best[0] = load_checkpoint(out / "best.pt")["model"]
             log.info("resumed from %s at epoch %d, step %d", out / "ckpt.pt",
@@ -171,8 +220,10 @@ def run_epochs(model: nn.Module, train_ds: Dataset, cfg, *,
 
     def save_ckpt() -> None:
         if out is not None and info.is_main:
-            atomic_torch_save(training_state(model, opt, scheduler, pruner, asdict(prog),
-                                             history, asdict(cfg)), out / "ckpt.pt")
+            state = training_state(model, opt, scheduler, pruner, asdict(prog), history,
+                                   asdict(cfg))
+            state["ema"] = ema.state_dict() if ema is not None else None
+            atomic_torch_save(state, out / "ckpt.pt")
 
     def interrupted() -> bool:
         return cfg.max_steps is not None and prog.global_step >= cfg.max_steps
@@ -199,6 +250,8 @@ def run_epochs(model: nn.Module, train_ds: Dataset, cfg, *,
                     prog.count += x.shape[1]
                     prog.step_in_epoch += 1
                     prog.global_step += 1
+                    if ema is not None:
+                        ema.update(prog.global_step)
                     bar.set_postfix(loss=f"{loss.item():.4f}")
                     if interrupted():
                         save_ckpt()
@@ -210,8 +263,9 @@ def run_epochs(model: nn.Module, train_ds: Dataset, cfg, *,
             finally:
                 if active is not None:
                     active.remove()
-            _end_epoch(model, cfg, prog, history, validate, monitor, higher_is_better, opt,
-                       scheduler, device, info, out, t0, best)
+            with ema.swapped() if ema is not None else contextlib.nullcontext():
+                _end_epoch(model, cfg, prog, history, validate, monitor, higher_is_better,
+                           opt, scheduler, device, info, out, t0, best)
             save_ckpt()
             if out is not None and info.is_main:
                 write_json({"history": history, "best": {"metric": monitor,
@@ -221,6 +275,8 @@ def run_epochs(model: nn.Module, train_ds: Dataset, cfg, *,
 
     if cfg.restore_best and best[0] is not None:
         model.load_state_dict(best[0])
+    elif ema is not None:                # no validation (or restore_best off): the average
+        ema.load_into_model()
     if cfg.plots and out is not None and info.is_main and history:
         from bimsnn.plots import plot_curves
 
