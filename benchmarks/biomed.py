@@ -88,8 +88,9 @@ def mitbih(root, rules) -> dict:
                                                                    "auto"),
                      task="multiclass", classes=ecg.aami_subset(["N", "V", "F"]))
     sets, data = ecg.load_sets(pre, root / "ecg", split="time", records=["208"])
-    pre = replace(pre, classes=tuple(data["classes"]))
-    C, K = sets["train"].x.shape[-1], len(pre.classes)
+    C, K = sets["train"].x.shape[-1], len(data["classes"])
+    pre = replace(pre, classes=tuple(data["classes"]),
+                  prior=ecg.class_prior(sets["train"].labels, K))
     loss_fn = class_weighted_ce(sets["train"].labels, K)
     tc = _quiet(replace(ecg.default_train("mitbih"), metric="macro_f1"))
     mc = ecg.default_model("mitbih")
@@ -102,7 +103,7 @@ def mitbih(root, rules) -> dict:
     for key, name, rtc in runs:
         spec = model_spec(mc, name, C, K)
         model, hist, secs = train_model(spec, sets["train"], sets["val"], rtc, loss_fn)
-        m, _ = ecg.score(model, spec, rtc, sets["test"], list(pre.classes))
+        m, _ = ecg.score(model, spec, rtc, sets["test"], list(pre.classes), pre.prior)
         out[key] = m["macro_f1"]
         print(f"[mitbih] {key:7s} macro-F1 {m['macro_f1']:.4f} accuracy {m['acc']:.4f} "
               f"train {secs:.0f} s ({len(hist)} epochs); confusion {m['confusion']}",

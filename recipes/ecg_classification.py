@@ -73,6 +73,8 @@ class ECGConfig(RunConfig):
                         ("auto", "adm", "delta", "multi_adm"))
     spike_threshold: float | str = flag("auto", "encoder threshold θ (mV); auto: 0.03 for "
                                         "MIT-BIH, 0.05 for PTB-XL")
+    l_freq: float | str | None = flag("auto", "mitbih: causal high-pass edge (Hz) against "
+                                      "baseline wander; auto: 0.5; none: unfiltered")
     limit: int | None = flag(None, "at most this many items per split (evenly spaced; smoke runs)")
 
 
@@ -94,16 +96,17 @@ def main(argv: list[str] | None = None) -> dict:
     check_mitbih_flags(cfg, kind)
     pre = task.ECGPre(kind=kind, sfreq=cfg.sfreq or {"mitbih": 90, "ptbxl": 25}[kind],
                       **task.resolve_flags(cfg.dataset, cfg.lead, cfg.encoder,
-                                           cfg.spike_threshold),
+                                           cfg.spike_threshold, cfg.l_freq),
                       task="multiclass" if kind == "mitbih" else "multilabel",
                       classes=task.aami_subset(cfg.classes) if kind == "mitbih" else ())
     tc = replace(tc, out_dir=str(out), task=pre.task,
                  metric="macro_f1" if pre.task == "multiclass" else "macro_auc")
     sets, data = task.load_sets(pre, root, split=cfg.split, records=cfg.records,
                                 limit=cfg.limit, strict=cfg.strict)
-    pre = replace(pre, classes=tuple(data["classes"]))
+    n_in, K = sets["train"].x.shape[-1], len(data["classes"])
+    pre = replace(pre, classes=tuple(data["classes"]),
+                  prior=task.class_prior(sets["train"].labels, K) if kind == "mitbih" else ())
     timings = {"data": time.perf_counter() - t_start}
-    n_in, K = sets["train"].x.shape[-1], len(pre.classes)
     loss_fn = class_weighted_ce(sets["train"].labels, K) if pre.task == "multiclass" else None
 
     spec = model_spec(mc, mc.model, n_in, K)
@@ -112,7 +115,7 @@ def main(argv: list[str] | None = None) -> dict:
     if stopped_at_max_steps(tc):
         print(f"stopped at --max-steps {tc.max_steps}; continue with --resume")
         return {"interrupted": True, "out": str(out)}
-    m, rt = task.score(model, spec, tc, sets["test"], list(pre.classes))
+    m, rt = task.score(model, spec, tc, sets["test"], list(pre.classes), pre.prior)
     rule = tc.rule if mc.model in SPIKING else "bptt"
     rows = {mc.model: task.summary_row(m, rule=rule, epochs=tc.epochs, train_s=secs)}
     for name in mc.baselines:
@@ -120,12 +123,12 @@ def main(argv: list[str] | None = None) -> dict:
         btc = replace(tc, rule="bptt", lr=mc.compare_lr, epochs=mc.compare_epochs or tc.epochs,
                       prune=None, max_steps=None, out_dir=str(out / "compare" / name))
         bmodel, _, bsecs = train_model(bspec, sets["train"], sets["val"], btc, loss_fn)
-        bm, _ = task.score(bmodel, bspec, btc, sets["test"], list(pre.classes))
+        bm, _ = task.score(bmodel, bspec, btc, sets["test"], list(pre.classes), pre.prior)
         rows[name] = task.summary_row(bm, rule="bptt", epochs=btc.epochs, train_s=bsecs)
         timings[f"train {name}"] = bsecs
     timings["total"] = time.perf_counter() - t_start
     result = {**m, "model": spec, "rule": rule, "lam": tc.lam, "classes": list(pre.classes),
-              "train_seconds": secs, "peak_rss_mb": peak_rss_mb()}
+              "class_prior": list(pre.prior), "train_seconds": secs, "peak_rss_mb": peak_rss_mb()}
     split = ("strat_fold 1-8 / 9 / 10" if kind == "ptbxl" else f"{cfg.split} ("
              + ("60/20/20 % of each record" if cfg.split == "time" else "whole records") + ")")
     info = {"dataset": cfg.dataset, "kind": cfg.dataset, "data_dir": str(root), "split": split,
@@ -165,7 +168,7 @@ def eval_only(cfg: ECGConfig, tc: TrainConfig, out, root, dist, t_start) -> dict
                        f"{list(pre.classes)}")
     test, spec, rule = sets["test"], ck["spec"], ck.get("rule", "bptt")
     m, rt = task.score(model, spec, replace(tc, rule=rule, task=pre.task, out_dir=None), test,
-                       list(pre.classes))
+                       list(pre.classes), pre.prior)
     rows = {spec["name"]: task.summary_row(m, rule=rule, train_s=None)}
     result = {**m, "model": spec, "rule": rule, "lam": ck.get("lam"),
               "classes": list(pre.classes), "checkpoint": str(ck_path),

@@ -80,6 +80,37 @@ def test_mitbih_windows_are_raw_slices_and_rates_are_pooled(shared_data):
     assert set(spikes.unique().tolist()) == {0.0, 1.0}
 
 
+def test_mitbih_high_pass_is_a_causal_butterworth_of_the_whole_record(shared_data):
+    from scipy.signal import butter, resample_poly, sosfilt
+
+    ecg = shared_data / "ecg"
+    raw = MITBIH(ecg, records=["208"], lead=[0, 1])                     # 360 Hz
+    hp = MITBIH(ecg, records=["208"], lead=[0, 1], l_freq=0.5)
+    sos = butter(2, 0.5, "highpass", fs=360, output="sos")     # designed here by scipy
+    want = sosfilt(sos, raw.signals[0].astype(np.float64), axis=0)
+    np.testing.assert_allclose(hp.signals[0], want, rtol=0, atol=1e-5)
+    assert len(hp) == len(raw)
+    x, _, meta = hp[100]
+    s = meta["sample"]
+    assert torch.equal(x, torch.from_numpy(hp.signals[0][s - hp.pre:s + hp.post]))
+    # causal: the first 10 s of the output do not depend on what comes after them
+    head = sosfilt(sos, raw.signals[0][:3600].astype(np.float64), axis=0)
+    np.testing.assert_allclose(hp.signals[0][:3600], head, rtol=0, atol=1e-5)
+    # the wander (< 0.2 Hz) is gone: a 10 s moving mean of the output stays near 0
+    k = np.ones(3600) / 3600
+    slow_raw = np.convolve(raw.signals[0][:, 0], k, "valid").std()
+    slow_hp = np.convolve(hp.signals[0][:, 0], k, "valid").std()
+    assert slow_hp < 0.1 * slow_raw, (slow_raw, slow_hp)
+    # filtered at the record's own rate, then resampled
+    hp90 = MITBIH(ecg, records=["208"], lead=[0, 1], fs=90, l_freq=0.5)
+    np.testing.assert_allclose(hp90.signals[0], resample_poly(hp.signals[0], 1, 4, axis=0),
+                               rtol=0, atol=1e-5)
+    with pytest.raises(DataError, match="208.*not below half the sampling rate"):
+        MITBIH(ecg, records=["208"], fs=90, l_freq=200.0)
+    with pytest.raises(ValueError, match="l_freq"):
+        MITBIH(ecg, records=["208"], l_freq=-1.0)
+
+
 def test_mitbih_splits_are_disjoint(shared_data):
     with pytest.warns(DataWarning, match="s0010_re: no .atr"):
         ds = MITBIH(shared_data / "ecg", fs=360)  # 100, 208, 800; the PTB record has no beats

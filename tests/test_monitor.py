@@ -194,9 +194,10 @@ def ecg_dir(shared_data):
     return d
 
 
-def _beat_model(tmp: Path) -> Path:
+def _beat_model(tmp: Path, l_freq=None, prior=()) -> Path:
     pre = ecg.ECGPre(kind="mitbih", sfreq=90, lead=(0, 1), encoder="multi_adm",
-                     spike_threshold=0.03, task="multiclass", classes=("N", "V", "F"))
+                     spike_threshold=0.03, task="multiclass", classes=("N", "V", "F"),
+                     l_freq=l_freq, prior=prior)
     torch.manual_seed(0)
     spec = models.spec("spiking_mamba", n_inputs=12, n_classes=3, d_model=8, d_state=4)
     from dataclasses import asdict
@@ -206,8 +207,10 @@ def _beat_model(tmp: Path) -> Path:
                        rule=tc.rule, classes=list(pre.classes), train_config=asdict(tc))
 
 
-def test_beat_streaming_equals_offline(ecg_dir, tmp_path):
-    mp = _beat_model(tmp_path)
+@pytest.mark.parametrize("l_freq, prior", [(None, ()), (0.5, (0.5, 0.35, 0.15))])
+def test_beat_streaming_equals_offline(ecg_dir, tmp_path, l_freq, prior):
+    """0.5 Hz and a class prior: what the recipe's MIT-BIH model.pt carries."""
+    mp = _beat_model(tmp_path, l_freq, prior)
     model, ck = models.load(mp)
     pre = ecg.pre_from_checkpoint(ck, mp)
     sets, _ = ecg.load_sets(pre, ecg_dir, split=None, records=["208"])
@@ -226,7 +229,10 @@ def test_beat_streaming_equals_offline(ecg_dir, tmp_path):
     off_smp = np.array([m["sample"] for m in rt["metas"]])
     np.testing.assert_array_equal(smp, off_smp)
     assert on.shape == rt["scores"].shape and len(on) > 1500
-    np.testing.assert_allclose(on, rt["scores"], rtol=0, atol=1e-5)
+    off = ecg.prior_scores(rt["scores"], prior) if prior else rt["scores"]
+    np.testing.assert_allclose(on, off, rtol=0, atol=1e-5)
+    if prior:
+        assert not np.allclose(on, rt["scores"], atol=1e-3)   # the prior was applied
 
 
 # ------------------------------------------------------------------ adaptation

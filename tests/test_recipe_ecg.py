@@ -147,6 +147,35 @@ def test_constant_and_non_finite_scores_are_reported_as_such():
         assert why in text and "| cnn | bptt | n/a | n/a | n/a | n/a | n/a | n/a |" in text
 
 
+def test_prior_scores_undo_the_class_weights_for_decisions():
+    """Class-weighted training scores q(k|x) as if classes were equally likely; the decision
+    takes the training frequencies back: q(k|x)·π_k, renormalised."""
+    assert task.class_prior([0, 0, 0, 1, 2, 2], 4) == pytest.approx((3 / 6, 1 / 6, 2 / 6, 1 / 6))
+    q = np.array([[0.45, 0.10, 0.45], [0.2, 0.7, 0.1], [0.3, 0.3, 0.4]], np.float32)
+    p = task.prior_scores(q, (0.6, 0.3, 0.1))
+    np.testing.assert_allclose(p.sum(1), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(p[0], np.array([0.27, 0.03, 0.045]) / 0.345, rtol=1e-6)
+    assert p.argmax(1).tolist() == [0, 1, 0] and q.argmax(1).tolist() == [0, 1, 2]
+    np.testing.assert_allclose(task.prior_scores(q, (1 / 3,) * 3), q, rtol=1e-6)  # uniform
+    x = (torch.rand(6, 5, 2, generator=torch.Generator().manual_seed(0)) < 0.5).to(torch.uint8)
+    test = WindowSet(x, [0, 1, 2, 0, 1, 2])
+
+    class Fixed(torch.nn.Module):                        # logits vary with the spike count
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.tensor([0.1, -0.1, 0.0]))
+
+        def forward(self, x):                            # (T, B, C) → (B, 3)
+            return x.float().sum((0, 2))[:, None] * self.w
+
+    tc = TrainConfig(task="multiclass", rule="bptt")
+    _, raw = task.score(Fixed(), {"name": "cnn"}, tc, test, ["N", "V", "F"])
+    _, adj = task.score(Fixed(), {"name": "cnn"}, tc, test, ["N", "V", "F"], (0.6, 0.3, 0.1))
+    assert raw["scores"].std(0).min() > 0
+    np.testing.assert_allclose(adj["scores"], task.prior_scores(raw["scores"], (0.6, 0.3, 0.1)),
+                               rtol=1e-6)
+
+
 def test_multi_adm_encoder_stacks_three_thresholds():
     """--encoder multi_adm: ADM at θ, 3θ, 10θ side by side, (T, L) → (T, 3·2L)."""
     t = torch.linspace(0, 1, 90)
@@ -195,6 +224,10 @@ def test_mitbih_records_classes_then_eval_only_on_other_records(ecg, shared_data
     assert 0 <= m["macro_f1"] <= 1 and 0 <= m["accuracy"] <= 1 and res["n_items"]["test"] == 96
     assert "Beats of other classes left out: 2 (S 2)" in (tmp_path / "run" / "report.md").read_text()
     model_pt = str(tmp_path / "run" / "model.pt")
+    pre = task.pre_from_checkpoint(models.load(model_pt)[1], model_pt)   # what eval-only uses
+    assert pre.l_freq == 0.5 and len(pre.prior) == 3                     # the recipe defaults
+    np.testing.assert_allclose(pre.prior, m["class_prior"])
+    np.testing.assert_allclose(sum(pre.prior), 1.0)
     ev_args = ["--eval-only", "--checkpoint", model_pt, "--data-dir", data, "--no-progress"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DataWarning)

@@ -42,6 +42,22 @@ DS2 = ("100", "103", "105", "111", "113", "117", "121", "123", "200", "202", "21
        "213", "214", "219", "221", "222", "228", "231", "232", "233", "234")
 
 
+def highpass_sos(fs: float, l_freq: float) -> np.ndarray:
+    """Second-order sections (n, 6) of the causal Butterworth high-pass (order 2) that
+    :class:`MITBIH` applies with ``l_freq`` (designed by ``mne.filter.create_filter``)."""
+    from bimsnn.data.stream import _iir
+
+    return _iir(fs, l_freq, None, 2, "butter")
+
+
+def highpass(sig: np.ndarray, fs: float, l_freq: float) -> np.ndarray:
+    """``sig`` (T, C) high-passed causally from a zero state (float32 out): the offline form
+    of :class:`bimsnn.monitor.Monitor`'s streaming filter (same sections, same rounding)."""
+    from scipy.signal import sosfilt
+
+    return sosfilt(highpass_sos(fs, l_freq), np.asarray(sig, np.float32), axis=0).astype(np.float32)
+
+
 class MITBIH(Dataset):
     """Annotated beats of MIT-BIH-style WFDB records (``<record>.hea/.dat/.atr``).
 
@@ -57,6 +73,10 @@ class MITBIH(Dataset):
         lead: signal index or name, or a sequence of them (C = how many).
         fs: resample every record to this rate first (e.g. 360 to pool 128 Hz SVDB with
             360 Hz MIT-BIH; polyphase anti-aliased, ``scipy.signal.resample_poly``); None: native.
+        l_freq: causal high-pass edge (Hz) applied to each whole record at its own rate,
+            before resampling (Butterworth, order 2, designed by mne; removes baseline wander, which adds
+            spurious level crossings to ADM spikes), or None: unfiltered. Causal, so that
+            :class:`bimsnn.monitor.Monitor` replays it sample by sample.
         edge: ``"drop"`` beats whose window would cross a record edge (counted per symbol in
             ``edge_dropped``), or ``"pad"`` them by repeating the edge sample.
         encoder: optional callable applied to each ``(W, C)`` window.
@@ -69,7 +89,7 @@ class MITBIH(Dataset):
     beat at all is a DataError.
 
     ``__getitem__(i)`` returns ``(window, label, meta)``: window ``(W, C)`` float32 in mV (raw,
-    unfiltered) or ``encoder(window)``; label int index into ``classes``; meta dict with
+    or high-passed with ``l_freq``) or ``encoder(window)``; label int index into ``classes``; meta dict with
     ``record``, ``symbol``, ``sample`` (R peak at the output rate), ``time_s`` and ``fs``.
     """
 
@@ -77,8 +97,11 @@ class MITBIH(Dataset):
                  classes: str | dict[str, str] = "aami", window_s: tuple[float, float] = (0.25, 0.45),
                  lead: int | str | Sequence[int | str] = 0, fs: int | None = None,
                  edge: str = "drop", encoder: Encoder | None = None, download: bool = False,
-                 database: str = "mitdb", strict: bool = False):
+                 database: str = "mitdb", strict: bool = False, l_freq: float | None = None):
         self.root, self.encoder, self.edge = Path(root), encoder, edge
+        if l_freq is not None and not (l_freq > 0 and np.isfinite(l_freq)):
+            raise ValueError(f"l_freq must be a positive frequency in Hz or None, got {l_freq!r}")
+        self.l_freq = l_freq
         self.strict, self.skipped = bool(strict), []
         if fs is not None and not (fs > 0 and fs == int(fs)):
             raise DataError(self.root, f"resampling target fs={fs} Hz must be a positive integer")
@@ -152,6 +175,11 @@ class MITBIH(Dataset):
         if rate != fields["fs"] or rate <= 0:
             raise DataError(path, f"sampling rate {fields['fs']} Hz: need a positive integer")
         samples, ann_symbols = read_annotations(path, len(sig))
+        if self.l_freq is not None:  # before resampling: the monitor filters raw samples too
+            if not self.l_freq < rate / 2:
+                raise DataError(path, f"high-pass edge l_freq={self.l_freq} Hz is not below "
+                                      f"half the sampling rate ({rate} Hz)")
+            sig = highpass(sig, rate, self.l_freq)
         target = self.target_fs
         if target is not None and target != rate:
             from scipy.signal import resample_poly

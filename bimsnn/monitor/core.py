@@ -30,8 +30,10 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
+from scipy.signal import sosfilt
 
 from bimsnn import models
+from bimsnn.data.mitbih import highpass_sos
 from bimsnn.data.stream import CausalEEGChain, PolyphaseResampler
 from bimsnn.training import CheckpointError, TrainConfig
 from bimsnn.training.fit import task_scores
@@ -177,6 +179,9 @@ class Monitor:
             self.n_in = len(self.pre.lead)
             self.resampler = None if int(round(fs)) == int(self.sfreq) else \
                 PolyphaseResampler(int(self.sfreq), int(round(fs)), self.n_in)
+            # the loader's causal high-pass (MITBIH l_freq), run with state across blocks
+            self.hp_sos = None if self.pre.l_freq is None else \
+                highpass_sos(fs, self.pre.l_freq)
             self.before = round(0.25 * self.sfreq)
             self.after = round(0.45 * self.sfreq)
             self.encode = ecg.encoder(self.pre)
@@ -191,8 +196,11 @@ class Monitor:
         """Start a new recording (filters, buffers and alarm state cleared)."""
         if self.kind == "seizure":
             self.chain.reset()
-        elif self.resampler is not None:
-            self.resampler.reset()
+        else:
+            if self.resampler is not None:
+                self.resampler.reset()
+            if self.hp_sos is not None:
+                self.hp_zi = np.zeros((self.hp_sos.shape[0], 2, self.n_in))
         self.buf = np.zeros((self.n_in if self.kind == "beats" else len(self.pre.channels), 0),
                             np.float32)
         self.buf0 = 0              # model-rate index of buf's first column
@@ -233,6 +241,10 @@ class Monitor:
             if beats is not None:
                 rate = self.sfreq / self.fs
                 self.pending_beats += [int(v) for v in np.round(np.asarray(beats) * rate)]
+            if self.hp_sos is not None and x.shape[1]:     # as the loader: before resampling
+                x, self.hp_zi = sosfilt(self.hp_sos, x.T.astype(np.float32), axis=0,
+                                        zi=self.hp_zi)
+                x = x.astype(np.float32).astype(np.float64).T
             y = x.T if self.resampler is None else self.resampler.process(x.T)
             self._append(y.T.astype(np.float32), self.buf0 + self.buf.shape[1] + y.shape[0])
             self._cut_beats(final=False)
@@ -306,7 +318,12 @@ class Monitor:
             z = eval_logits(self.model, x.float(), self.mode, self.tc.loss_window)
         finally:
             self.model.train(was)
-        return task_scores(z, self.task).float().numpy(), x.transpose(0, 1)
+        sc = task_scores(z, self.task).float().numpy()
+        if self.kind == "beats" and len(self.pre.prior):   # as the recipe's ecg.score
+            from bimsnn.tasks.ecg import prior_scores
+
+            sc = prior_scores(sc, self.pre.prior)
+        return sc, x.transpose(0, 1)
 
     def _score(self, final: bool) -> Scores:
         done = []
