@@ -91,13 +91,20 @@ DATASET_DEFAULTS = {
 # chunk: RTRL 1.27x → 1.01x of BPTT's epoch, AUC-ROC 0.9993 → 0.9998. On Bonn they stay
 # on: without them RTRL's AUC fell 0.9990 → 0.9973 for a cost that is small at T = 31.
 # Measured choices: benchmarks/RESULTS.md.
+#
+# Bonn: the loss and the readout cover the second half of each 4 s window (the first frames
+# carry too little of it to be asked for the class). Hybrid, seeds 0/1/2, best validation
+# AUC-ROC: loss over the whole window 0.9981 / 0.9974 / 0.9977, second half 0.9987 / 0.9982
+# / 0.9986 (test 0.9984 / 0.9975 / 0.9987 → 0.9988 / 0.9981 / 0.9989). Averaging the
+# weights as well (ema 0.995) did not raise validation AUC (0.9983 / 0.9982 / 0.9983).
 def default_train(dataset: str) -> TrainConfig:
     """The recipe's TrainConfig for ``dataset`` (demo | chbmit | siena | bonn)."""
+    bonn = dataset == "bonn"
     return TrainConfig(epochs=8 if dataset == "demo" else 16, batch_size=64, lr=5e-3,
                        rule="hybrid", lam=0.9, balance="element",
                        chunk=64 if dataset == "demo" else 16,
                        x_proj_traces=dataset != "demo", task="binary",
-                       loss_window=1.0, grad_clip=1.0)
+                       loss_window=0.5 if bonn else 1.0, grad_clip=1.0)
 
 
 DEFAULT_MODEL = ModelConfig(model="spiking_mamba", d_model=16, d_state=8)
